@@ -1,0 +1,31 @@
+# `make test` and `make demo` set up .venv (CPU PyTorch) on first use, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned, so nothing below pulls a CUDA build
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m geneformer.demo --output demo_output
+
+bench: $(STAMP)
+	$(PY) benchmarks/tokenize.py
+
+clean:
+	rm -rf $(VENV) demo_output

@@ -1,0 +1,1 @@
+"""Command-line interface: one sub-command per stage (see ``geneformer --help``)."""

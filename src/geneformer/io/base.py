@@ -1,0 +1,80 @@
+"""The reader interface: every single-cell file format yields row chunks of raw counts."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+class InputFileError(ValueError):
+    """An input file is missing, truncated, unreadable or lacks what tokenization needs."""
+
+
+class CellReader(ABC):
+    """Streams a cells × genes count matrix in row chunks, plus its cell and gene tables.
+
+    Subclasses read one format. ``var`` is the gene table (index = the file's gene names, plus any
+    gene columns such as ``ensembl_id``); ``read_obs`` returns cell attributes in file order;
+    ``iter_counts`` yields ``(start_row, csr_matrix)`` chunks in file gene order, never the whole
+    matrix at once.
+    """
+
+    path: str | None = None
+    format: str = ""
+
+    @property
+    @abstractmethod
+    def n_cells(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def var(self) -> pd.DataFrame: ...
+
+    @property
+    @abstractmethod
+    def obs_columns(self) -> list[str]: ...
+
+    @abstractmethod
+    def read_obs(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Cell attributes (all cells, file order); ``columns=None`` reads every column."""
+
+    @abstractmethod
+    def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Counts of cells ``start:stop`` as CSR (cells × file genes)."""
+
+    def iter_counts(self, chunk_size: int = 512, start: int = 0, stop: int | None = None
+                    ) -> Iterator[tuple[int, sp.csr_matrix]]:
+        stop = self.n_cells if stop is None else min(stop, self.n_cells)
+        for s in range(start, stop, chunk_size):
+            yield s, self.read_rows(s, min(s + chunk_size, stop))
+
+    def reopen_args(self) -> tuple | None:
+        """Arguments for :func:`geneformer.io.open_reader` that reopen this file in a worker, or None."""
+        return None
+
+    def close(self) -> None:  # pragma: no cover - trivial
+        pass
+
+    def __enter__(self) -> "CellReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return f"{self.format} file {self.path}" if self.path else f"in-memory {self.format}"
+
+
+def to_csr(block, dtype=None) -> sp.csr_matrix:
+    """Any 2-D block (dense, sparse, backed) as CSR."""
+    if sp.issparse(block):
+        m = block.tocsr()
+    else:
+        m = sp.csr_matrix(np.asarray(block))
+    if dtype is not None and m.dtype != dtype:
+        m = m.astype(dtype)
+    return m
