@@ -1,0 +1,148 @@
+"""Rank value encoding of a chunk of cells (pure, vectorised, no I/O).
+
+For cell ``c`` and vocabulary gene ``g`` with raw count ``x``::
+
+    v[c, g] = x / n_counts[c] * 10,000 / median[g]
+
+Genes with ``v == 0`` (explicitly stored zeros included) are dropped; the rest are sorted by ``v``
+descending and emitted as token ids, truncated to the model's input size (V2 wraps them in
+``<cls>`` … ``<eos>``).
+
+Tie rule: the sort is *stable*. Genes whose normalised values are exactly equal keep the order of
+the columns of the input matrix, which the tokenizer lays out in the file's gene order (the first
+occurrence of each vocabulary gene). The reference uses numpy's default, unstable sort, whose tie
+order depends on the CPU; outputs can differ from it only inside groups of exactly equal values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+TARGET_SUM = 10_000.0
+
+
+@dataclass
+class EncodedCells:
+    """Ragged token sequences of a chunk: cell ``i`` is ``tokens[offsets[i]:offsets[i+1]]``."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray | None = None  # x / n_counts * 10,000 aligned with tokens (``keep_counts``)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def cell(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+
+def normalized_values(counts: sp.csr_matrix, n_counts: np.ndarray, medians: np.ndarray) -> np.ndarray:
+    """``x / n_counts * 10,000 / median`` for every stored entry of ``counts`` (float64).
+
+    Evaluated as ``((x * (1/n)) * 1e4) * (1/median)``, the reference's h5ad arithmetic, so that
+    near-ties round the same way.
+    """
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    inv_n = 1.0 / np.asarray(n_counts, dtype=np.float64)
+    scaled = (counts.data.astype(np.float64, copy=False) * inv_n[rows]) * TARGET_SUM
+    return scaled * (1.0 / np.asarray(medians, dtype=np.float64))[counts.indices]
+
+
+def _descending_order(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Within each row segment, positions sorted by value descending; ties keep their order.
+
+    numpy's default sort is vectorised (SIMD) but unstable, so rows that contain equal values are
+    re-sorted with the stable algorithm; such rows are rare (equal counts *and* equal medians).
+    """
+    order = np.empty(len(values), dtype=np.int64)
+    neg = -values
+    for r in range(len(indptr) - 1):
+        s, e = indptr[r], indptr[r + 1]
+        if e - s < 2:
+            order[s:e] = np.arange(s, e)
+            continue
+        seg = neg[s:e]
+        o = np.argsort(seg)
+        sv = seg[o]
+        if np.any(sv[1:] == sv[:-1]):
+            o = np.argsort(seg, kind="stable")
+        order[s:e] = o + s
+    return order
+
+
+def rank_value_encode(
+    counts: sp.csr_matrix,
+    n_counts: np.ndarray,
+    medians: np.ndarray,
+    token_ids: np.ndarray,
+    max_genes: int,
+    cls_id: int | None = None,
+    eos_id: int | None = None,
+    keep_counts: bool = False,
+) -> EncodedCells:
+    """Encode each row of ``counts`` (cells × vocabulary genes) as a ranked token sequence.
+
+    ``medians`` and ``token_ids`` give each column's gene median and token id. At most
+    ``max_genes`` genes are kept per cell; ``cls_id``/``eos_id`` (both or neither) wrap the genes.
+    Cells with no expressed vocabulary gene give empty gene lists (the caller drops them).
+    """
+    if (cls_id is None) != (eos_id is None):
+        raise ValueError("cls_id and eos_id must be given together")
+    counts = sp.csr_matrix(counts)
+    if not counts.has_sorted_indices:
+        counts = counts.sorted_indices()  # ties follow column order
+    values = normalized_values(counts, n_counts, medians)
+    scaled = None
+    if keep_counts:
+        rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+        scaled = counts.data.astype(np.float64) / np.asarray(n_counts, dtype=np.float64)[rows] * TARGET_SUM
+    keep = values > 0  # drops explicit zeros (and negative junk)
+    indptr = counts.indptr.astype(np.int64)
+    if not keep.all():
+        per_row = np.add.reduceat(keep.astype(np.int64), indptr[:-1]) if len(keep) else np.zeros(0, np.int64)
+        per_row[np.diff(indptr) == 0] = 0  # reduceat repeats a value for empty rows
+        indptr = np.concatenate([[0], np.cumsum(per_row)])
+        values = values[keep]
+        cols = counts.indices[keep]
+        scaled = scaled[keep] if scaled is not None else None
+    else:
+        cols = counts.indices
+    order = _descending_order(values, indptr)
+
+    # keep the first max_genes positions of each row
+    row_len = np.diff(indptr)
+    kept_len = np.minimum(row_len, max_genes)
+    pos_in_row = np.arange(len(order)) - np.repeat(indptr[:-1], row_len)
+    take = order[pos_in_row < np.repeat(kept_len, row_len)]
+    genes_tok = np.asarray(token_ids)[cols[take]]
+    gene_counts = None
+    if keep_counts:
+        gene_counts = scaled[take]
+
+    if cls_id is None:
+        offsets = np.concatenate([[0], np.cumsum(kept_len)])
+        return EncodedCells(genes_tok, offsets, gene_counts)
+
+    # wrap every non-empty cell in <cls> ... <eos>; empty cells stay empty so the caller can drop them
+    extra = np.where(kept_len > 0, 2, 0)
+    total_len = kept_len + extra
+    offsets = np.concatenate([[0], np.cumsum(total_len)])
+    out = np.empty(offsets[-1], dtype=np.int64)
+    gene_offsets = np.concatenate([[0], np.cumsum(kept_len)])
+    nonempty = kept_len > 0
+    out[offsets[:-1][nonempty]] = cls_id
+    out[offsets[1:][nonempty] - 1] = eos_id
+    dest = np.repeat(offsets[:-1] + 1, kept_len) + (np.arange(gene_offsets[-1]) - np.repeat(gene_offsets[:-1], kept_len))
+    out[dest] = genes_tok
+    if keep_counts:
+        c = np.zeros(offsets[-1], dtype=np.float64)
+        c[dest] = gene_counts
+        gene_counts = c
+    return EncodedCells(out, offsets, gene_counts)
