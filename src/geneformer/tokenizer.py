@@ -490,6 +490,8 @@ class TranscriptomeTokenizer:
             if r.n_bad_counts:
                 parts.append(f"{r.n_bad_counts} dropped with n_counts missing or <= 0")
             logger.info("%s: %s.", r.path, "; ".join(parts))
+            if r.n_written == 0 and r.n_cells:
+                logger.warning("%s: no cell was written (%s).", r.path, "; ".join(parts[1:]) or "no cells")
             if r.n_empty:
                 logger.warning("%s: %d cells had no expressed vocabulary gene and were dropped.", r.path, r.n_empty)
         if output_path is not None:

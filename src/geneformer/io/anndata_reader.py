@@ -123,7 +123,7 @@ class AnnDataReader(CellReader):
         g = self._obs_group
         index = read_elem(g[g.attrs.get("_index", "_index")])
         data = {c: read_elem(g[c]) for c in columns}
-        return pd.DataFrame(data, index=pd.Index(np.asarray(index).astype(str)))
+        return pd.DataFrame(data, index=pd.Index(np.asarray(index, dtype=object)).astype(str))
 
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         try:
