@@ -22,6 +22,8 @@ GENE_INDEX_ATTRS = ("Gene", "var_names")
 CELL_INDEX_ATTRS = ("CellID", "obs_names")
 #: Index attributes written by anndata's ``write_loom``; they are not repeated as columns.
 _ANNDATA_INDEX_ATTRS = ("var_names", "obs_names")
+#: Cells per dense read: bounds memory to about genes × 256 values per block.
+_BLOCK_CELLS = 256
 
 
 def read_h5_column(ds) -> np.ndarray:
@@ -118,12 +120,24 @@ class LoomReader(CellReader):
             raise InputFileError(f"Could not read the cell attributes of {self.describe()}: {exc}.") from exc
 
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
+        stop = min(stop, self._n)
+        # the matrix is dense on disk: read column blocks aligned to the HDF5 chunks (each chunk is
+        # decompressed once) and small enough that the dense genes × block stays modest
+        width = (self._X.chunks or (0, 256))[1]
+        step = max(width, (_BLOCK_CELLS // width) * width)
+        parts = []
         try:
-            block = self._X[:, start:stop]  # genes × cells, one hyperslab read
+            s = start
+            while s < stop:
+                e = min(stop, (s // step + 1) * step)
+                parts.append(sp.csr_matrix(np.ascontiguousarray(self._X[:, s:e].T)))
+                s = e
         except (OSError, ValueError) as exc:
             raise InputFileError(f"Could not read cells {start}:{stop} of {self.describe()}: {exc}. "
                                  "The file may be truncated.") from exc
-        return sp.csr_matrix(np.ascontiguousarray(block.T))
+        if not parts:
+            return sp.csr_matrix((0, self._n_genes), dtype=self._X.dtype)
+        return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
 
     def reopen_args(self) -> tuple:
         return (self.path, {"layer": self.layer})
