@@ -172,9 +172,6 @@ def test_cell_index_matches_source(files, source, kind):
         assert list(obs.index) == list(source.obs_names)
 
 
-_ZARR_OBS_BUG = pytest.mark.xfail(
-    raises=TypeError, strict=False,
-    reason="AnnDataReader.read_obs(columns) casts a zarr StringDType index with astype(str); fixed by the lead")
 
 
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=_ZARR_OBS_BUG) if k == "zarr" else k for k in ANN_KINDS])

@@ -1,0 +1,18 @@
+"""The offline demo runs end to end from the data bundled with scanpy."""
+
+import numpy as np
+
+from geneformer.demo import load_pbmc68k_counts, run
+
+
+def test_counts_recovered_as_integers():
+    a = load_pbmc68k_counts()
+    assert a.n_obs == 700 and a.n_vars == 765
+    assert np.all(a.X.data == np.rint(a.X.data)) and a.X.data.min() >= 1
+
+
+def test_demo_runs(tmp_path):
+    report = run(tmp_path / "demo")
+    assert report["tokenized"] == 700 and report["vocab_size"] == 769
+    assert (tmp_path / "demo" / "report.txt").read_text().startswith("Geneformer demo")
+    assert (tmp_path / "demo" / "pbmc68k.dataset").is_dir()
