@@ -174,7 +174,7 @@ def test_cell_index_matches_source(files, source, kind):
 
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=_ZARR_OBS_BUG) if k == "zarr" else k for k in ANN_KINDS])
+@pytest.mark.parametrize("kind", ANN_KINDS)
 def test_obs_columns_match_source(files, source, kind):
     with open_reader(files[kind]) as r:
         assert set(r.obs_columns) == set(source.obs.columns)
