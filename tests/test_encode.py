@@ -1,6 +1,7 @@
 """Rank value encoding of a chunk: ordering, ties, zeros, truncation, special tokens."""
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from geneformer.encode import rank_value_encode
@@ -60,16 +61,36 @@ def test_keep_counts_are_normalised_not_median_scaled():
     np.testing.assert_allclose(enc.counts, [0.0, 2500.0, 7500.0, 0.0])
 
 
-def test_many_rows_match_a_reference_loop():
+@pytest.mark.parametrize("use_numpy", [False, True])
+def test_many_rows_match_a_reference_loop(use_numpy):
     rng = np.random.default_rng(0)
     dense = rng.poisson(0.5, size=(50, 40)) * (rng.random((50, 40)) < 0.5)
     med = rng.choice([0.5, 1.0, 2.0], size=40)
     tok = np.arange(100, 140)
     m = sp.csr_matrix(dense)
     n = dense.sum(1).astype(float) + 1
-    enc = rank_value_encode(m, n, med, tok, 25)
+    enc = rank_value_encode(m, n, med, tok, 25, use_numpy=use_numpy)
+    special = rank_value_encode(m, n, med, tok, 25, cls_id=2, eos_id=3, keep_counts=True, use_numpy=use_numpy)
+    plain = rank_value_encode(m, n, med, tok, 25, cls_id=2, eos_id=3, keep_counts=True, use_numpy=not use_numpy)
+    assert (special.tokens == plain.tokens).all() and (special.offsets == plain.offsets).all()
+    np.testing.assert_array_equal(special.counts, plain.counts)
     for i in range(50):
         v = dense[i] / n[i] * 1e4 / med
         nz = np.flatnonzero(v)
         expect = tok[nz[np.argsort(-v[nz], kind="stable")]][:25]
         assert enc.cell(i).tolist() == expect.tolist()
+
+
+def test_compiled_kernel_equals_stable_numpy_sort():
+    from geneformer.encode import _descending_order_numpy
+    from geneformer._rank_kernel import descending_order
+
+    rng = np.random.default_rng(3)
+    lens = rng.integers(0, 300, size=200)
+    indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    med = rng.choice(np.r_[rng.uniform(0.1, 10, 40), [1.1] * 10], size=indptr[-1])
+    v = rng.integers(1, 6, size=indptr[-1]) / med  # many exact ties
+    v[10] = np.nextafter(v[11], 10)  # a 1-ulp near tie
+    expect = np.concatenate([a + np.argsort(-v[a:b], kind="stable") for a, b in zip(indptr[:-1], indptr[1:])])
+    assert (descending_order(v, indptr) == expect).all()
+    assert (_descending_order_numpy(v, indptr) == expect).all()
