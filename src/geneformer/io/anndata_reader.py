@@ -100,14 +100,6 @@ class AnnDataReader(CellReader):
 
     # ---- CellReader ---------------------------------------------------------------------------
     @property
-    def n_cells(self) -> int:
-        return self._n
-
-    @property
-    def var(self) -> pd.DataFrame:
-        return self._var
-
-    @property
     def obs_columns(self) -> list[str]:
         if self._file is None:
             return list(self._obs.columns)

@@ -25,14 +25,17 @@ class CellReader(ABC):
 
     path: str | None = None
     format: str = ""
+    # subclasses set these when opening
+    _n: int = 0
+    _var: pd.DataFrame
 
     @property
-    @abstractmethod
-    def n_cells(self) -> int: ...
+    def n_cells(self) -> int:
+        return self._n
 
     @property
-    @abstractmethod
-    def var(self) -> pd.DataFrame: ...
+    def var(self) -> pd.DataFrame:
+        return self._var
 
     @property
     @abstractmethod

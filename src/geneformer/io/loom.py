@@ -98,14 +98,6 @@ class LoomReader(CellReader):
 
     # ---- CellReader ---------------------------------------------------------------------------
     @property
-    def n_cells(self) -> int:
-        return self._n
-
-    @property
-    def var(self) -> pd.DataFrame:
-        return self._var
-
-    @property
     def obs_columns(self) -> list[str]:
         g = self._file["col_attrs"]
         return [k for k in g.keys() if getattr(g[k], "ndim", 0) == 1 and k not in _ANNDATA_INDEX_ATTRS]

@@ -115,14 +115,6 @@ class TenxH5Reader(CellReader):
 
     # ---- CellReader ---------------------------------------------------------------------------
     @property
-    def n_cells(self) -> int:
-        return self._n
-
-    @property
-    def var(self) -> pd.DataFrame:
-        return self._var
-
-    @property
     def obs_columns(self) -> list[str]:
         return ["cell_id"]
 
@@ -239,14 +231,6 @@ class TenxMtxReader(CellReader):
         return self._X
 
     # ---- CellReader ---------------------------------------------------------------------------
-    @property
-    def n_cells(self) -> int:
-        return self._n
-
-    @property
-    def var(self) -> pd.DataFrame:
-        return self._var
-
     @property
     def obs_columns(self) -> list[str]:
         return ["cell_id"]
