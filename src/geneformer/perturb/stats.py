@@ -291,8 +291,10 @@ class InSilicoPerturberStats:
             kinds = set(kinds) | {"state"}
         files = read_raw_dir(directory, self.pickle_suffix, kinds=kinds)
         if not files:
+            hint = (" With cell_states_to_model the results must be state-nested (perturber run with "
+                    "cell_states_to_model)." if states else "")
             raise FileNotFoundError(f"No {'/'.join(sorted(kinds))}-level results ending in {self.pickle_suffix!r} "
-                                    f"in {directory}.")
+                                    f"in {directory}.{hint}")
         return RawShifts.from_dicts([o for _, o in files], states=states, source=str(directory))
 
     def _gene_table(self, genes: list) -> pd.DataFrame:
@@ -359,6 +361,8 @@ class InSilicoPerturberStats:
         mode = self.mode
         if mode == "aggregate_gene_shifts":
             kinds = {"cell", "gene", "mixed"}
+        elif self.cell_states_to_model is not None:
+            kinds = {"state"}  # gene-level pickles of the same run are never state-nested: skip them
         elif self.anchor_token is not None and self.combos == 0:
             kinds = {"gene", "mixed"}
         else:
