@@ -348,7 +348,8 @@ def test_tidy_order_and_cells():
     assert tidy["affected"].isna().tolist() == [True, True, False, True, True, False]
     assert dict(R.tidy_to_raw(tidy)) == {(5, "cell_emb"): [0.1, 0.2, 0.5], (5, 7): [0.3, 0.6],
                                          ((5, 6), "cell_emb"): [0.4]}
-    assert R.raw_kind(raw_a) == "mixed" and R.raw_kind({}) == "empty"
+    assert R.raw_kind(raw_a, full=True) == "mixed" and R.raw_kind({}) == "empty"
+    assert R.raw_kind(raw_b) == "mixed" and R.raw_kind({(5, 7): [1.0]}) == "gene"
 
 
 def test_load_raw_refuses_objects(tmp_path):
@@ -397,3 +398,18 @@ def test_states_without_state_results_is_a_clear_error(golden_dir, tmp_path):
     stats = InSilicoPerturberStats(mode="goal_state_shift", cell_states_to_model=KANG_STATES, model_version="V1")
     with pytest.raises(FileNotFoundError, match="state-nested"):
         stats.get_stats(golden_dir / "perturb" / "V1_delete_all", None, tmp_path, "x")
+
+
+def test_vs_null_anchor_gene_mode(tokens, tmp_path):
+    toks, genes = tokens
+    anchor = toks[0]
+    test = {(anchor, t): [0.8, 0.82] for t in toks[1:6]}
+    null = {(anchor, t): [0.95, 0.97, 0.96] for t in toks[3:10]}  # toks[6:10] are not in the test
+    _write(tmp_path / "t", "t_gene_embs_dict_[1]_raw.pickle", test)
+    _write(tmp_path / "n", "n_gene_embs_dict_[1]_raw.pickle", null)
+    stats = InSilicoPerturberStats(mode="vs_null", anchor_gene=genes[0], model_version="V1")
+    df = stats.get_stats(tmp_path / "t", tmp_path / "n", tmp_path / "out", "vs").set_index("Gene")
+    assert sorted(df.index) == sorted(toks[1:6])
+    assert df.loc[toks[1], "N_Detections_null"] == 0 and df.loc[toks[1], "Test_vs_null_pval"] == 1.0
+    assert df.loc[toks[4], "N_Detections_null"] == 3
+    assert df.loc[toks[4], "Test_vs_null_pval"] == pytest.approx(ranksums([0.8, 0.82], [0.95, 0.97, 0.96]).pvalue)

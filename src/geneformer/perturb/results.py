@@ -35,7 +35,7 @@ import pickle
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,7 @@ __all__ = [
     "CELL_EMB",
     "RAW_SUFFIX",
     "RawShifts",
+    "iter_raw_dir",
     "list_raw_files",
     "load_raw",
     "merge_raw",
@@ -117,15 +118,21 @@ def normalize_key(key):
     return int(key)
 
 
-def raw_kind(obj: dict) -> RawKind:
-    """``"state"`` (state-nested), ``"cell"`` / ``"gene"`` / ``"mixed"`` by key type, or ``"empty"``."""
+def raw_kind(obj: dict, full: bool = False) -> RawKind:
+    """``"state"`` (state-nested), ``"cell"`` / ``"gene"`` / ``"mixed"`` by key type, or ``"empty"``.
+
+    By default only the first and last keys are inspected (the reference never mixes cell- and
+    gene-level keys in one file); ``full=True`` checks every key.
+    """
     if not obj:
         return "empty"
     first = next(iter(obj.values()))
     if isinstance(first, dict):
         return "state"
-    n_cell = sum(1 for k in obj if isinstance(k, tuple) and len(k) == 2 and isinstance(k[1], str))
-    if n_cell == len(obj):
+    keys = obj.keys() if full else (next(iter(obj)), next(reversed(obj)))
+    n_keys = len(obj) if full else 2
+    n_cell = sum(1 for k in keys if isinstance(k, tuple) and len(k) == 2 and isinstance(k[1], str))
+    if n_cell == n_keys:
         return "cell"
     return "gene" if n_cell == 0 else "mixed"
 
@@ -146,18 +153,18 @@ def _looks_gene_level(name: str) -> bool:
     return "gene_embs" in name
 
 
-def read_raw_dir(
+def iter_raw_dir(
     directory: str | os.PathLike,
     suffix: str = RAW_SUFFIX,
     kinds: Iterable[RawKind] | None = None,
-) -> list[tuple[Path, dict]]:
-    """Load the raw result files of a folder, keeping those whose :func:`raw_kind` is in ``kinds``.
+) -> Iterator[tuple[Path, dict]]:
+    """Yield ``(path, dict)`` for the raw result files of a folder whose :func:`raw_kind` is in ``kinds``.
 
-    Files named like the reference's gene-level outputs are not even opened when ``kinds`` rules
-    gene-level results out (they are by far the largest).
+    One file at a time, so a large folder need not fit in memory as dictionaries. Files named like
+    the reference's gene-level outputs are not even opened when ``kinds`` rules gene-level results
+    out (they are by far the largest). Empty files are skipped.
     """
     wanted = set(kinds) if kinds is not None else None
-    out = []
     for path in list_raw_files(directory, suffix):
         if wanted is not None and not wanted & {"gene", "mixed"} and _looks_gene_level(path.name):
             continue
@@ -165,8 +172,16 @@ def read_raw_dir(
         kind = raw_kind(obj)
         if kind == "empty" or (wanted is not None and kind not in wanted):
             continue
-        out.append((path, obj))
-    return out
+        yield path, obj
+
+
+def read_raw_dir(
+    directory: str | os.PathLike,
+    suffix: str = RAW_SUFFIX,
+    kinds: Iterable[RawKind] | None = None,
+) -> list[tuple[Path, dict]]:
+    """Load the raw result files of a folder (see :func:`iter_raw_dir`) into a list."""
+    return list(iter_raw_dir(directory, suffix, kinds))
 
 
 def merge_raw(dicts: Sequence[dict]) -> dict:
@@ -218,9 +233,10 @@ class RawShifts:
     # ---- construction --------------------------------------------------------------------------
     @classmethod
     def from_dicts(
-        cls, dicts: Sequence[dict] | dict, states: Sequence[str] | None = None, source: str = "results"
+        cls, dicts: Iterable[dict] | dict, states: Sequence[str] | None = None, source: str = "results"
     ) -> "RawShifts":
-        """Flatten raw dictionaries; state-nested ones contribute the listed ``states`` (default all)."""
+        """Flatten raw dictionaries (any iterable, consumed once); state-nested ones contribute the
+        listed ``states`` (default all)."""
         if isinstance(dicts, dict):
             dicts = [dicts]
         key_index: dict = {}

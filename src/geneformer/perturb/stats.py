@@ -60,8 +60,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr
+from tqdm.auto import tqdm
 
-from .results import RAW_SUFFIX, RawShifts, load_raw, normalize_key, read_raw_dir
+from .results import RAW_SUFFIX, RawShifts, iter_raw_dir, load_raw, normalize_key, read_raw_dir
 
 logger = logging.getLogger(__name__)
 
@@ -289,13 +290,21 @@ class InSilicoPerturberStats:
         states = self._states or None
         if states:
             kinds = set(kinds) | {"state"}
-        files = read_raw_dir(directory, self.pickle_suffix, kinds=kinds)
-        if not files:
+        n_files = [0]
+
+        def dicts():
+            for _, obj in iter_raw_dir(directory, self.pickle_suffix, kinds=kinds):
+                n_files[0] += 1
+                yield obj
+
+        shifts = RawShifts.from_dicts(tqdm(dicts(), desc="Reading results", unit="file", disable=None),
+                                      states=states, source=str(directory))
+        if not n_files[0]:
             hint = (" With cell_states_to_model the results must be state-nested (perturber run with "
                     "cell_states_to_model)." if states else "")
             raise FileNotFoundError(f"No {'/'.join(sorted(kinds))}-level results ending in {self.pickle_suffix!r} "
                                     f"in {directory}.{hint}")
-        return RawShifts.from_dicts([o for _, o in files], states=states, source=str(directory))
+        return shifts
 
     def _gene_table(self, genes: list) -> pd.DataFrame:
         nm = self._names
@@ -327,8 +336,10 @@ class InSilicoPerturberStats:
             code = _code_of(shifts, self.anchor_token)
             mask = (shifts.affected >= 0) & (shifts.perturbed == code)
             tokens = np.asarray(genes, dtype=np.int64)
-            gidx = np.searchsorted(tokens, shifts.affected[mask])
-            return gidx, shifts.value[mask]
+            affected, vals = shifts.affected[mask], shifts.value[mask]
+            gidx = np.minimum(np.searchsorted(tokens, affected), max(len(tokens) - 1, 0))
+            known = tokens[gidx] == affected if len(tokens) else np.zeros(affected.shape, bool)
+            return gidx[known], vals[known]
         codes, vals = self._select_cell(shifts, state)
         lookup = np.full(len(shifts.keys), -1, dtype=np.int64)
         pos = {normalize_key(k): i for i, k in enumerate(genes)}
@@ -534,45 +545,51 @@ class InSilicoPerturberStats:
         return df
 
     def _aggregate_gene_shifts(self, shifts: RawShifts) -> pd.DataFrame:
-        nm = self._names
         if self.anchor_token is not None:
             keep = shifts.perturbed == _code_of(shifts, self.anchor_token)
         else:
             keep = np.ones(len(shifts), dtype=bool)
         p, a, v = shifts.perturbed[keep], shifts.affected[keep], shifts.value[keep]
         s = shifts.state[keep] if shifts.state is not None else None
-        # perturbed keys in gene-list order; within a key, affected genes in order of first appearance
-        genes = _sort_genes([shifts.keys[c] for c in np.unique(p)])
-        rank = np.full(len(shifts.keys), -1, dtype=np.int64)
-        code_of = {k: c for c, k in enumerate(shifts.keys)}
-        for i, g in enumerate(genes):
-            rank[code_of[g]] = i
-        cols = {"p": p, "a": a}
+        # one integer per (state, perturbed, affected) key; groups numbered by first appearance
+        key = p * (int(a.max(initial=-1)) + 2) + (a + 1)
         if s is not None:
-            cols["s"] = pd.Series(s).fillna("\0").to_numpy()
-        gid = pd.DataFrame(cols).groupby(list(cols), sort=False).ngroup().to_numpy()
+            s_codes = pd.factorize(pd.Series(s).fillna("\0").to_numpy())[0]
+            key = key * (int(s_codes.max(initial=0)) + 1) + s_codes
+        gid, _ = pd.factorize(key, sort=False)
         n_grp = int(gid.max()) + 1 if gid.size else 0
         first = np.full(n_grp, gid.size, dtype=np.int64)
         np.minimum.at(first, gid, np.arange(gid.size))
         mean, n = _group_mean(gid, v, n_grp)
         dev = v - mean[gid]
         std = np.sqrt(np.bincount(gid, weights=dev * dev, minlength=n_grp) / n)
-        # rows are numbered by perturbed gene, then gene-level keys in order of first appearance,
-        # then the cell-level key (the numbering of the reference's outputs)
-        order = np.lexsort((first, a[first] < 0, rank[p[first]]))
-        g_p, g_a = p[first][order], a[first][order]
-        key_arr = shifts.key_array()
-        table = self._gene_table(genes).set_index(pd.Index(range(len(genes))))
-        gi = rank[g_p]
-        aff = _obj([("cell_emb" if t < 0 else int(t)) for t in g_a])
+        # rows are numbered by perturbed gene (gene-list order), then gene-level keys in order of
+        # first appearance, then the cell-level key (the numbering of the reference's outputs)
+        genes = _sort_genes([shifts.keys[c] for c in np.unique(p)])
+        code_of = {k: c for c, k in enumerate(shifts.keys)}
+        rank = np.full(len(shifts.keys), -1, dtype=np.int64)
+        rank[[code_of[g] for g in genes]] = np.arange(len(genes))
+        g_p, g_a = p[first], a[first]
+        order = np.lexsort((first, g_a < 0, rank[g_p]))
+        g_p, g_a, gi = g_p[order], g_a[order], rank[g_p[order]]
+        table = self._gene_table(genes)
+        perturbed = shifts.key_array()[g_p]
+        if not any(isinstance(k, tuple) for k in genes):
+            perturbed = perturbed.astype(np.int64)
+        # affected names through the distinct tokens only
+        u_tok, u_inv = np.unique(g_a, return_inverse=True)
+        nm = self._names
+        u_aff = _obj(["cell_emb" if t < 0 else int(t) for t in u_tok])
+        u_name = _obj([np.nan if t < 0 else nm.symbol(t) for t in u_tok])
+        u_ens = _obj([np.nan if t < 0 else nm.ensembl(t) for t in u_tok])
         df = pd.DataFrame(
             {
-                "Perturbed": key_arr[g_p],
+                "Perturbed": perturbed,
                 "Gene_name": table["Gene_name"].to_numpy()[gi],
                 "Ensembl_ID": table["Ensembl_ID"].to_numpy()[gi],
-                "Affected": aff,
-                "Affected_gene_name": _obj([np.nan if t < 0 else nm.symbol(t) for t in g_a]),
-                "Affected_Ensembl_ID": _obj([np.nan if t < 0 else nm.ensembl(t) for t in g_a]),
+                "Affected": u_aff[u_inv],
+                "Affected_gene_name": u_name[u_inv],
+                "Affected_Ensembl_ID": u_ens[u_inv],
             }
         )
         if s is not None:
@@ -580,8 +597,8 @@ class InSilicoPerturberStats:
         df["Cosine_sim_mean"] = mean[order]
         df["Cosine_sim_stdev"] = std[order]
         df["N_Detections"] = n[order]
-        is_cell = (g_a < 0).astype(np.int8)
-        sort_order = np.lexsort((df["Cosine_sim_mean"].to_numpy(), -is_cell))
+        # cell-level rows first, then by mean cosine (stable: ties keep the row numbering)
+        sort_order = np.lexsort((df["Cosine_sim_mean"].to_numpy(), g_a >= 0))
         return df.iloc[sort_order]
 
 
