@@ -70,7 +70,8 @@ def synth_gene_level(cell_folder: Path, out: Path, genes_per_cell: int | None, s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=Path(os.environ.get("GENEFORMER_SHARED_DIR", HERE.parent.parent / "shared")))
+    default_shared = Path(os.environ.get("GENEFORMER_SHARED_DIR", HERE.parent.parent / "shared"))
+    ap.add_argument("--shared", type=Path, default=default_shared)
     ap.add_argument("--genes-per-cell", type=int, default=None)
     args = ap.parse_args()
     golden = args.shared / "golden" / "perturb"

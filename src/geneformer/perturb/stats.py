@@ -242,7 +242,7 @@ class InSilicoPerturberStats:
         if combos not in (0, 1):
             raise ValueError(f"combos must be 0 or 1, got {combos!r}.")
         if genes_perturbed != "all":
-            if isinstance(genes_perturbed, str) or not isinstance(genes_perturbed, (list, tuple)) or not genes_perturbed:
+            if not isinstance(genes_perturbed, (list, tuple)) or not genes_perturbed:
                 raise ValueError('genes_perturbed must be "all" or a non-empty list of Ensembl IDs.')
             genes_perturbed = list(genes_perturbed)
         if mode == "mixture_model" and genes_perturbed != "all":
