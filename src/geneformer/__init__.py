@@ -30,6 +30,7 @@ _EXPORTS = {
     "get_embs": "geneformer.embeddings",
     "Geneformer": "geneformer.api",
     "GeneformerConfig": "geneformer.api",
+    "InSilicoPerturberStats": "geneformer.perturb.stats",
 }
 
 # module constants naming the published dictionary files, resolved on first access
