@@ -8,6 +8,7 @@ Memory stays flat in the number of cells: only one chunk per worker is held at a
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -224,7 +225,13 @@ def _prepare_file(reader: CellReader, settings: TokenizerSettings, report: FileR
 # the tokenizer
 
 class DatasetWriter:
-    """Collects record batches into one Arrow stream, then saves a ``datasets`` folder atomically."""
+    """Streams record batches into a ``datasets`` folder, written under a temporary name and renamed.
+
+    The batches go straight into the folder's single Arrow file (the format ``save_to_disk``
+    writes and ``load_from_disk`` reads), so the data are written once and never held in memory.
+    """
+
+    ARROW_NAME = "data-00000-of-00001.arrow"
 
     def __init__(self, output_path: Path, overwrite: bool = False):
         self.output_path = Path(output_path)
@@ -240,19 +247,27 @@ class DatasetWriter:
             raise OSError(f"Cannot create output folder {parent}: {exc}") from exc
         self._work = parent / f".{self.output_path.name}.tmp-{os.getpid()}"
         shutil.rmtree(self._work, ignore_errors=True)
-        self._work.mkdir()
-        self._stream_path = self._work / "stream.arrow"
+        try:
+            self._work.mkdir()
+        except OSError as exc:
+            raise OSError(f"Cannot write to output folder {parent}: {exc}") from exc
         self._sink = None
         self._schema: pa.Schema | None = None
         self.n_rows = 0
 
+    def _open(self, schema: pa.Schema) -> None:
+        from datasets import Features
+
+        # the Hugging Face feature types travel in the Arrow schema's metadata
+        self._schema = Features.from_arrow_schema(schema).arrow_schema
+        self._sink = pa.ipc.new_stream(str(self._work / self.ARROW_NAME), self._schema)
+
     def write(self, batch: pa.RecordBatch, source: str = "") -> None:
         if self._schema is None:
-            self._schema = batch.schema
-            self._sink = pa.ipc.new_stream(str(self._stream_path), self._schema)
-        elif batch.schema != self._schema:
+            self._open(batch.schema)
+        if not batch.schema.equals(self._schema, check_metadata=False):
             batch = self._conform(batch, source)
-        self._sink.write_batch(batch)
+        self._sink.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=self._schema))
         self.n_rows += batch.num_rows
 
     def _conform(self, batch: pa.RecordBatch, source: str) -> pa.RecordBatch:
@@ -263,41 +278,44 @@ class DatasetWriter:
             target = self._schema.field(name).type
             if arr.type == target:
                 cols.append(arr)
-            elif pa.types.is_null(target) or pa.types.is_null(arr.type):
-                cols.append(arr.cast(target) if not pa.types.is_null(target) else arr)
-            else:
-                try:
-                    cols.append(arr.cast(target))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise InputFileError(
-                        f"Column {name!r} of {source} has type {arr.type}, but {target} in the first file."
-                    ) from exc
+                continue
+            try:
+                cols.append(arr.cast(target))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputFileError(
+                    f"Column {name!r} of {source} has type {arr.type}, but {target} in the first file."
+                ) from exc
         return pa.RecordBatch.from_arrays(cols, schema=self._schema)
 
-    def finish(self, empty_schema: pa.Schema | None = None, progress: bool = False):
-        """Save the dataset to its final name; returns the (memory-mapped) ``datasets.Dataset``."""
+    def finish(self, empty_schema: pa.Schema | None = None):
+        """Complete the folder and move it to its final name; returns the memory-mapped dataset."""
         import datasets
         from datasets.utils import logging as ds_logging
 
         if self._sink is None:
-            self._schema = empty_schema
-            self._sink = pa.ipc.new_stream(str(self._stream_path), empty_schema)
+            self._open(empty_schema)
         self._sink.close()
-        ds = datasets.Dataset.from_file(str(self._stream_path), in_memory=False)
-        staged = self._work / "dataset"
+        # dataset_info.json and state.json as save_to_disk writes them, from an empty dataset
+        meta = self._work / "meta"
         was_enabled = ds_logging.is_progress_bar_enabled()
-        if not progress:
-            ds_logging.disable_progress_bar()
+        ds_logging.disable_progress_bar()
         try:
-            ds.save_to_disk(str(staged))
+            datasets.Dataset(self._schema.empty_table()).save_to_disk(str(meta))
         finally:
             if was_enabled:
                 ds_logging.enable_progress_bar()
-        del ds
+        os.replace(meta / "dataset_info.json", self._work / "dataset_info.json")
+        shutil.rmtree(meta)
+        state = {
+            "_data_files": [{"filename": self.ARROW_NAME}],
+            "_fingerprint": os.urandom(8).hex(),
+            "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+            "_output_all_columns": False, "_split": None,
+        }
+        (self._work / "state.json").write_text(json.dumps(state, indent=2))
         if self.output_path.exists():
             shutil.rmtree(self.output_path)
-        os.replace(staged, self.output_path)
-        shutil.rmtree(self._work, ignore_errors=True)
+        os.replace(self._work, self.output_path)
         return datasets.load_from_disk(str(self.output_path))
 
     def abort(self) -> None:
@@ -409,7 +427,7 @@ class TranscriptomeTokenizer:
         try:
             for batch, source in self.iter_batches(inputs, file_format=file_format, progress=progress):
                 writer.write(batch, source)
-            ds = writer.finish(self._empty_schema(), progress=progress)
+            ds = writer.finish(self._empty_schema())
         except BaseException:
             writer.abort()
             raise
