@@ -94,3 +94,18 @@ def test_compiled_kernel_equals_stable_numpy_sort():
     expect = np.concatenate([a + np.argsort(-v[a:b], kind="stable") for a, b in zip(indptr[:-1], indptr[1:])])
     assert (descending_order(v, indptr) == expect).all()
     assert (_descending_order_numpy(v, indptr) == expect).all()
+
+
+@pytest.mark.parametrize("use_numpy", [False, True])
+def test_column_map_equals_remapped_matrix(use_numpy):
+    rng = np.random.default_rng(5)
+    dense = rng.poisson(1.0, size=(30, 12)) * (rng.random((30, 12)) < 0.6)
+    column_map = np.array([0, -1, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8])
+    med = rng.choice([0.5, 1.0], size=9)
+    tok = np.arange(50, 59)
+    n = dense.sum(1).astype(float) + 1
+    mapped = np.zeros((30, 9), dtype=dense.dtype)
+    mapped[:, column_map[column_map >= 0]] = dense[:, column_map >= 0]
+    a = rank_value_encode(sp.csr_matrix(dense), n, med, tok, 6, 2, 3, column_map=column_map, use_numpy=use_numpy)
+    b = rank_value_encode(sp.csr_matrix(mapped), n, med, tok, 6, 2, 3)
+    assert (a.tokens == b.tokens).all() and (a.offsets == b.offsets).all()

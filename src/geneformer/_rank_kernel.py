@@ -80,8 +80,11 @@ def descending_order(values, indptr):
 
 
 @njit(cache=True, nogil=True)
-def encode_rows(data, indices, indptr, inv_n, inv_med, tokens, max_genes, cls_id, eos_id, keep_counts):
+def encode_rows(data, indices, indptr, inv_n, inv_med, tokens, max_genes, cls_id, eos_id, keep_counts, colmap):
     """Rank value encode CSR rows in one pass; returns ``(tokens, offsets, counts)``.
+
+    ``colmap`` maps the matrix's columns to gene positions (``inv_med``/``tokens`` index), -1 for
+    columns to skip; it must be increasing over the kept columns so that ties keep column order.
 
     Values are ``((x * inv_n[row]) * 1e4) * inv_med[col]`` (the same IEEE operations as the numpy
     path); non-positive values are dropped; at most ``max_genes`` genes are kept per row, wrapped
@@ -95,7 +98,7 @@ def encode_rows(data, indices, indptr, inv_n, inv_med, tokens, max_genes, cls_id
     for r in range(n_rows):
         c = 0
         for i in range(indptr[r], indptr[r + 1]):
-            if data[i] > 0:
+            if data[i] > 0 and colmap[indices[i]] >= 0:
                 c += 1
         max_len = max(max_len, c)
         c = min(c, max_genes)
@@ -117,12 +120,15 @@ def encode_rows(data, indices, indptr, inv_n, inv_med, tokens, max_genes, cls_id
     for r in range(n_rows):
         m = 0
         for i in range(indptr[r], indptr[r + 1]):
+            g = colmap[indices[i]]
+            if g < 0:
+                continue
             s = (data[i] * inv_n[r]) * 10000.0
-            v = s * inv_med[indices[i]]
+            v = s * inv_med[g]
             if v > 0:
                 vals[m] = v
                 scaled[m] = s
-                cols[m] = indices[i]
+                cols[m] = g
                 m += 1
         if m == 0:
             continue

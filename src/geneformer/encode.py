@@ -97,6 +97,13 @@ def _descending_order_numpy(values: np.ndarray, indptr: np.ndarray) -> np.ndarra
     return order
 
 
+def _apply_column_map(counts: sp.csr_matrix, column_map: np.ndarray, n_genes: int) -> sp.csr_matrix:
+    target = np.asarray(column_map)[counts.indices]
+    keep = target >= 0
+    indptr = np.concatenate([[0], np.cumsum(keep)])[counts.indptr]
+    return sp.csr_matrix((counts.data[keep], target[keep], indptr), shape=(counts.shape[0], n_genes))
+
+
 def rank_value_encode(
     counts: sp.csr_matrix,
     n_counts: np.ndarray,
@@ -107,12 +114,15 @@ def rank_value_encode(
     eos_id: int | None = None,
     keep_counts: bool = False,
     use_numpy: bool = False,
+    column_map: np.ndarray | None = None,
 ) -> EncodedCells:
     """Encode each row of ``counts`` (cells × vocabulary genes) as a ranked token sequence.
 
     ``medians`` and ``token_ids`` give each column's gene median and token id. At most
     ``max_genes`` genes are kept per cell; ``cls_id``/``eos_id`` (both or neither) wrap the genes.
     Cells with no expressed vocabulary gene give empty gene lists (the caller drops them).
+    ``column_map`` (optional) maps the columns of ``counts`` to positions in ``medians`` and
+    ``token_ids`` (-1: skip), increasing over kept columns; it spares a remapped copy of the matrix.
     The compiled kernel is used when numba is available; ``use_numpy`` forces the numpy path
     (identical results).
     """
@@ -121,14 +131,19 @@ def rank_value_encode(
     counts = sp.csr_matrix(counts)
     if not counts.has_sorted_indices:
         counts = counts.sorted_indices()  # ties follow column order
+    if column_map is not None and (_compiled_encode is None or use_numpy):
+        counts = _apply_column_map(counts, column_map, len(token_ids))
+        column_map = None
     if _compiled_encode is not None and not use_numpy:
+        if column_map is None:
+            column_map = np.arange(counts.shape[1], dtype=np.int64)
         inv_n = 1.0 / np.asarray(n_counts, dtype=np.float64)
         inv_med = 1.0 / np.asarray(medians, dtype=np.float64)
         tokens, offsets, cnt = _compiled_encode(
             counts.data.astype(np.float64, copy=False), counts.indices.astype(np.int64, copy=False),
             counts.indptr.astype(np.int64, copy=False), inv_n, inv_med, np.asarray(token_ids, dtype=np.int64),
             int(max_genes), -1 if cls_id is None else int(cls_id), -1 if eos_id is None else int(eos_id),
-            bool(keep_counts),
+            bool(keep_counts), np.asarray(column_map, dtype=np.int64),
         )
         return EncodedCells(tokens, offsets, cnt if keep_counts else None)
     rows = _row_ids(counts.indptr)

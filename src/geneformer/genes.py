@@ -132,9 +132,7 @@ class GeneMap:
             out = (counts @ agg).tocsr()
             out.sort_indices()
             return out
-        target = self.column[counts.indices]
-        keep = target >= 0
-        kept_per_row = np.diff(np.concatenate([[0], np.cumsum(keep)])[counts.indptr])
-        indptr = np.concatenate([[0], np.cumsum(kept_per_row)])
+        from .encode import _apply_column_map
+
         # first-occurrence order is monotone in file order here, so sorted input stays sorted
-        return sp.csr_matrix((counts.data[keep], target[keep], indptr), shape=(counts.shape[0], self.n_genes))
+        return _apply_column_map(counts, self.column, self.n_genes)

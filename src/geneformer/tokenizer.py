@@ -8,12 +8,14 @@ Memory stays flat in the number of cells: only one chunk per worker is held at a
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -102,14 +104,16 @@ def _encode_chunk(counts: sp.csr_matrix, start: int, job: _FileJob, settings: To
     bad = ~np.isfinite(n_counts) | (n_counts <= 0)
     stats["n_bad_counts"] = int((bad & keep).sum())
     keep &= ~bad
-    vcounts = job.gene_map.apply(counts)
+    gmap = job.gene_map
+    # without duplicates to sum, the encoder reads file columns through the map directly
+    vcounts, column_map = (gmap.apply(counts), None) if gmap.needs_sum else (counts, gmap.column)
     if not keep.all():
         vcounts = vcounts[keep]
         n_counts = n_counts[keep]
     cls_id = settings.vocab.cls_id if settings.special_token else None
     eos_id = settings.vocab.eos_id if settings.special_token else None
-    enc = rank_value_encode(vcounts, n_counts, job.gene_map.medians, job.gene_map.token_ids,
-                            settings.max_genes, cls_id, eos_id, settings.keep_counts)
+    enc = rank_value_encode(vcounts, n_counts, gmap.medians, gmap.token_ids, settings.max_genes,
+                            cls_id, eos_id, settings.keep_counts, column_map=column_map)
     lengths = enc.lengths
     nonempty = lengths > 0
     stats["n_empty"] = int((~nonempty).sum())
@@ -486,7 +490,16 @@ class TranscriptomeTokenizer:
             return
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(self.nproc, initializer=_worker_init, initargs=(self.settings, job)) as pool:
-            for batches, stats, done in pool.imap(_worker_task, bounds):
+            # a bounded window of tasks in flight keeps memory flat when the writer falls behind
+            pending: deque = deque()
+            tasks = iter(bounds)
+            for b in itertools.islice(tasks, 2 * self.nproc):
+                pending.append(pool.apply_async(_worker_task, (b,)))
+            while pending:
+                batches, stats, done = pending.popleft().get()
+                nxt = next(tasks, None)
+                if nxt is not None:
+                    pending.append(pool.apply_async(_worker_task, (nxt,)))
                 bar.update(done)
                 yield batches, stats
 
