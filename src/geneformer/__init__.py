@@ -30,6 +30,10 @@ _EXPORTS = {
     "get_embs": "geneformer.embeddings",
     "Geneformer": "geneformer.api",
     "GeneformerConfig": "geneformer.api",
+    # pretraining
+    "GeneformerPretrainer": "geneformer.train.pretrain",
+    "DataCollatorForCellClassification": "geneformer.train.collators",
+    "DataCollatorForGeneClassification": "geneformer.train.collators",
 }
 
 # module constants naming the published dictionary files, resolved on first access
