@@ -469,3 +469,28 @@ def test_shipped_configs():
     assert config_file("accelerate_deepspeed_zero2.yaml").is_file()
     with pytest.raises(FileNotFoundError, match="available"):
         config_file("nope.json")
+
+
+def test_module_and_function_names():
+    import importlib
+
+    import geneformer.train
+    import geneformer.train.pretrain as module
+    from geneformer.train import pretrain
+
+    assert callable(pretrain) and callable(module)
+    assert importlib.import_module("geneformer.train.pretrain").pretrain.__name__ == "pretrain"
+    assert hasattr(geneformer.train, "GeneformerPretrainer")
+
+
+def test_tensorboard_optional():
+    from geneformer.train.pretrain import _report_to
+
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.warns(UserWarning, match="tensorboard is not installed"):
+            assert _report_to("auto") == "none"
+    else:
+        assert _report_to("auto") == ["tensorboard"]
+    assert _report_to("none") == "none"
