@@ -30,7 +30,13 @@ _EXPORTS = {
     "get_embs": "geneformer.embeddings",
     "Geneformer": "geneformer.api",
     "GeneformerConfig": "geneformer.api",
+    # perturbation
     "InSilicoPerturberStats": "geneformer.perturb.stats",
+    # pretraining
+    "GeneformerPretrainer": "geneformer.train.pretraining",
+    "pretrain": "geneformer.train.pretraining",
+    "DataCollatorForCellClassification": "geneformer.train.collators",
+    "DataCollatorForGeneClassification": "geneformer.train.collators",
 }
 
 # module constants naming the published dictionary files, resolved on first access

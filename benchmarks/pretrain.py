@@ -1,0 +1,123 @@
+"""Pretraining throughput: our step vs the reference-style step, same V1-10M model and cells.
+
+ours  : ``GeneformerForMaskedLM`` (MLM head only at masked genes), length-grouped batches padded to
+        the batch's longest cell;
+plain : ``BertForMaskedLM`` (full-vocabulary head at every position), batches padded to 2,048, as
+        the reference pretraining does with ``max_length`` padding.
+
+Both: the same initial weights, the same masks (15%), AdamW, forward + backward + optimizer step,
+on the 500 real Genecorpus-30M cells of ``../shared/data/genecorpus30M_500_tokenized_cells.parquet``.
+Prints tokens/s (real, non-padding tokens) of both and their ratio.
+
+    python benchmarks/pretrain.py [--batch-size 4] [--steps 3] [--warmup 1] [--threads N] [--bf16] [--data PATH]
+
+The Genecorpus sample cells are nearly all 2,048 genes long, so there the gain is the sparse head
+alone; ``--data ../shared/golden/tokenized/pbmc3k_raw_seurat_labels_V1.dataset`` (mean 827 genes)
+shows the effect of dynamic padding as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from transformers import BertForMaskedLM
+
+from geneformer.train.architectures import architecture_config
+from geneformer.train.collators import DataCollatorForMaskedGenes
+from geneformer.train.mlm import GeneformerForMaskedLM
+from geneformer.train.sampler import LengthGroupedSampler
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("GENEFORMER_SHARED_DIR", HERE.parents[0].parent / "shared"))
+V1_SIZE = 25426
+
+
+def _token_dict(size: int) -> dict[str, int]:
+    # masking needs only the special ids and the gene id range (V1: <pad>=0, <mask>=1, genes 2..)
+    return {"<pad>": 0, "<mask>": 1, **{f"g{i}": i for i in range(2, size)}}
+
+
+def _run(model, batches, steps: int, warmup: int, device, bf16: bool) -> tuple[float, int, float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.001)
+    model.train()
+    tokens, elapsed, last_loss = 0, 0.0, float("nan")
+    for i, batch in enumerate(batches[: warmup + steps]):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        last_loss = loss.item()
+        if i >= warmup:
+            elapsed += dt
+            tokens += int(batch["attention_mask"].sum())
+    return tokens / elapsed, tokens, last_loss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    ap.add_argument("--data", default=str(SHARED / "data" / "genecorpus30M_500_tokenized_cells.parquet"),
+                    help="parquet file or tokenized V1 dataset folder (input_ids, length)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    if Path(args.data).is_dir():  # a tokenized dataset folder (save_to_disk), e.g. a golden V1 dataset
+        from datasets import load_from_disk
+
+        ds = load_from_disk(args.data)
+        cells = [np.asarray(x, dtype=np.int64) for x in ds["input_ids"]]
+        lengths = np.asarray(ds["length"])
+    else:
+        table = pq.read_table(args.data, columns=["input_ids", "length"])
+        cells = [np.asarray(x, dtype=np.int64) for x in table.column("input_ids").to_pylist()]
+        lengths = np.asarray(table.column("length").to_pylist())
+    n_batches = args.warmup + args.steps
+    need = n_batches * args.batch_size
+
+    tok = _token_dict(V1_SIZE)
+    ours_collate = DataCollatorForMaskedGenes(tok, seed=0)
+    plain_collate = DataCollatorForMaskedGenes(tok, seed=0, pad_to_multiple_of=2048)
+    order = list(LengthGroupedSampler(lengths, args.batch_size, seed=0))[:need]
+    groups = [order[i : i + args.batch_size] for i in range(0, need, args.batch_size)]
+    ours_batches = [ours_collate([{"input_ids": cells[j]} for j in g]) for g in groups]
+    plain_batches = [plain_collate([{"input_ids": cells[j]} for j in g]) for g in groups]
+
+    torch.manual_seed(0)
+    cfg = architecture_config("gf-6L-30M-i2048", V1_SIZE)
+    ours = GeneformerForMaskedLM(cfg).to(device)
+    plain = BertForMaskedLM(copy.deepcopy(cfg)).to(device)
+    plain.load_state_dict(ours.state_dict())
+
+    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up, bf16 {args.bf16}")
+    print(f"cells: {len(cells)}, mean length {lengths.mean():.0f}, max {lengths.max()}")
+    ours_tps, ntok, ours_loss = _run(ours, ours_batches, args.steps, args.warmup, device, args.bf16)
+    print(f"ours  (masked-only head, dynamic padding): {ours_tps:10.1f} tokens/s  ({ntok} tokens, loss {ours_loss:.3f})")
+    plain_tps, ntok, plain_loss = _run(plain, plain_batches, args.steps, args.warmup, device, args.bf16)
+    print(f"plain (full head, padded to 2,048):        {plain_tps:10.1f} tokens/s  ({ntok} tokens, loss {plain_loss:.3f})")
+    print(f"speed-up: {ours_tps / plain_tps:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
