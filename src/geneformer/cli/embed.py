@@ -1,0 +1,122 @@
+"""``geneformer embed``: cell or gene embeddings of a tokenized dataset or an h5ad file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+HELP = """Embed cells (or genes) with a Geneformer model.
+
+INPUT is a tokenized dataset folder (from `geneformer tokenize`) or an .h5ad file (tokenized on the
+fly for the model). The output format follows the file name: .h5ad (embeddings in
+obsm['X_geneformer']), .parquet, .csv (the reference layout: columns 0..H-1 then labels) or .pt.
+
+Examples:
+
+  geneformer embed pbmc.dataset --model Geneformer-V2-104M --output pbmc_embs.parquet --label cell_type
+
+  geneformer embed pbmc.h5ad --model ./my_model --output pbmc_embedded.h5ad --mode cls
+
+  geneformer embed pbmc.dataset --model gf-6L-30M-i2048 --mode gene --output genes.csv
+"""
+
+
+def embed_command(
+    input: Path = typer.Argument(..., help="Tokenized dataset folder or .h5ad file.", exists=True),
+    model: str = typer.Option(..., "--model", "-m", help="Zoo name (see `geneformer models`) or model folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file: .h5ad, .parquet, .csv or .pt."),
+    mode: str = typer.Option("cell", help="cell (mean over genes), cls (<cls> state) or gene."),
+    emb_layer: int = typer.Option(-1, help="0 = last layer, -1 = second-to-last (reference meaning)."),
+    label: Optional[List[str]] = typer.Option(None, "--label", "-l", help="Dataset column(s) to carry along."),
+    max_ncells: Optional[int] = typer.Option(None, help="Embed at most this many cells (shuffled, seed 42)."),
+    batch_size: Optional[int] = typer.Option(None, help="Cells per batch (default: from free memory)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, help="bf16 or fp16 for mixed precision (default fp32)."),
+    fmt: str = typer.Option("auto", "--format", help="auto (from the extension), h5ad, parquet, csv or pt."),
+    gene_names: Optional[str] = typer.Option(None, help="h5ad input: var column with gene IDs/symbols, or 'index'."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    from ..embeddings.outputs import output_format
+
+    try:
+        fmt = output_format(output, fmt)
+        _run(input, model, output, mode, emb_layer, label or [], max_ncells, batch_size, device, dtype, fmt,
+             gene_names, not quiet)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+
+
+def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_size, device, dtype, fmt,
+         gene_names, progress) -> None:
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from ..api import ROW_COLUMN, Geneformer, GeneformerConfig
+    from ..data_ops import check_columns, column_values, downsample_and_sort, load_tokenized
+    from ..embeddings import outputs
+    from ..embeddings.core import cell_embeddings, gene_embeddings
+    from ..models import load_model
+
+    if mode not in ("cell", "cls", "gene"):
+        raise ValueError(f"--mode must be cell, cls or gene, got {mode!r}.")
+    model = load_model(model_name, device=device)
+    adata = None
+    if input.suffix == ".h5ad":
+        adata = ad.read_h5ad(input)
+        gf = Geneformer(GeneformerConfig(model_name=model_name, batch_size=batch_size, device=device), model=model)
+        dataset = gf.tokenize(adata, gene_names=gene_names)
+    else:
+        dataset = load_tokenized(input)
+    check_columns(dataset, labels)
+    if max_ncells is not None:
+        dataset = downsample_and_sort(dataset, max_ncells)
+    kw = dict(emb_layer=emb_layer, batch_size=batch_size, device=device, amp_dtype=dtype, progress=progress)
+    if mode == "gene":
+        df = gene_embeddings(model, dataset, **kw).to_frame(None, model)
+        if fmt == "h5ad":
+            if adata is None:
+                raise ValueError("Gene embeddings go to .h5ad only for .h5ad input; use .parquet or .csv.")
+            outputs.add_gene_embeddings(adata, df)
+            outputs.write_h5ad(adata, output)
+        else:
+            _write_table(df, output, fmt)
+        typer.echo(f"Wrote embeddings of {len(df)} genes ({df.shape[1]} dims) to {output}")
+        return
+    embs = cell_embeddings(model, dataset, mode=mode, **kw)
+    label_values = {c: column_values(dataset, c) for c in labels}
+    if fmt == "h5ad":
+        if adata is None or max_ncells is not None:
+            obs = {c: np.asarray(v) for c, v in label_values.items()}
+            sub = ad.AnnData(X=embs, obs=pd.DataFrame(obs))
+            sub.obsm[outputs.OBSM_KEY] = embs
+            outputs.write_h5ad(sub, output)
+        else:
+            rows = np.asarray(column_values(dataset, ROW_COLUMN), dtype=np.int64)
+            outputs.add_cell_embeddings(adata, embs, rows=rows)
+            outputs.write_h5ad(adata, output)
+    else:
+        _write_table(outputs.embedding_frame(embs, label_values), output, fmt)
+    typer.echo(f"Wrote {mode} embeddings of {len(embs)} cells ({embs.shape[1]} dims) to {output}")
+
+
+def _write_table(df, output, fmt) -> None:
+    from ..embeddings import outputs
+
+    if fmt == "csv":
+        outputs.write_csv(df, output)
+    elif fmt == "parquet":
+        outputs.write_parquet(df, output)
+    else:
+        outputs.write_tensor(df, output)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed", help=HELP, no_args_is_help=True)(embed_command)

@@ -1,0 +1,144 @@
+"""The model zoo: every published Geneformer checkpoint, under its seed name and its current name.
+
+Each entry records where the weights live on the Hugging Face hub (``ctheodoris/Geneformer`` plus a
+subfolder), which gene vocabulary the model was trained with, its input size, whether its inputs
+carry ``<cls>``/``<eos>``, and the architecture numbers of its ``config.json``. The hub layout
+changed over time: the seed names (``gf-...``) are the 2024 layout, the ``Geneformer-V*`` names the
+2025 one; both are kept so that old notebooks keep resolving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+HUB_REPO = "ctheodoris/Geneformer"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One published checkpoint: hub location, vocabulary and architecture."""
+
+    name: str
+    subfolder: str | None
+    vocab_version: str  # "V1" (Genecorpus-30M, 25,426 tokens) or "V2" (gc104M, 20,275 tokens)
+    input_size: int  # max_position_embeddings
+    special_tokens: bool  # inputs wrapped in <cls> ... <eos>
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    dropout: float
+    description: str
+    repo: str = HUB_REPO
+    revision: str | None = None  # hub commit holding this layout (None: the default branch)
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def n_params(self) -> int:
+        """Approximate parameter count of the encoder plus embeddings (MLM head tied)."""
+        h, i, L = self.hidden_size, self.intermediate_size, self.num_layers
+        emb = (self.vocab_size + self.input_size + 2) * h + 2 * h
+        layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
+        head = h * h + h + 2 * h + self.vocab_size
+        return emb + L * layer + head
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["aliases"] = list(self.aliases)
+        d["n_params"] = self.n_params
+        return d
+
+    def bert_config_kwargs(self) -> dict:
+        """Keyword arguments for ``transformers.BertConfig`` reproducing this architecture."""
+        return dict(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            max_position_embeddings=self.input_size,
+            hidden_act="relu",
+            hidden_dropout_prob=self.dropout,
+            attention_probs_dropout_prob=self.dropout,
+            layer_norm_eps=1e-12,
+            initializer_range=0.02,
+            pad_token_id=0,
+            type_vocab_size=2,
+            position_embedding_type="absolute",
+        )
+
+
+# The 2024 hub layout (the gf-* seed names) was replaced on the default branch in 2025; the older
+# checkpoints are still reachable at the commit that published the 12L/20L i4096 models.
+LEGACY_REVISION = "933ca80e39d421c47a12168699766bb7e4e2c197"
+
+
+def _v1(name, subfolder, layers, hidden, heads, inter, desc, aliases=(), revision=None):
+    return ModelSpec(name, subfolder, "V1", 2048, False, layers, hidden, heads, inter, 25426, 0.02, desc,
+                     revision=revision, aliases=tuple(aliases))
+
+
+def _v2(name, subfolder, layers, hidden, heads, inter, dropout, desc, aliases=(), revision=None):
+    return ModelSpec(name, subfolder, "V2", 4096, True, layers, hidden, heads, inter, 20275, dropout, desc,
+                     revision=revision, aliases=tuple(aliases))
+
+
+_SPECS: list[ModelSpec] = [
+    _v1("Geneformer-V1-10M", "Geneformer-V1-10M", 6, 256, 4, 512,
+        "Original 2021 model, pretrained on Genecorpus-30M (V1 vocabulary, 2,048 genes per cell).",
+        aliases=("gf-6L-30M-i2048", "geneformer-6L-30M")),
+    _v1("gf-12L-30M-i2048", "gf-12L-30M-i2048", 12, 512, 8, 1024,
+        "12-layer model pretrained on Genecorpus-30M (V1 vocabulary).", aliases=("geneformer-12L-30M",),
+        revision=LEGACY_REVISION),
+    # In the 2024 hub layout this model was the repository root (config.json at the top level).
+    _v2("gf-12L-95M-i4096", None, 12, 512, 8, 1024, 0.02,
+        "12-layer model pretrained on ~95M cells (V2 vocabulary, 4,096 genes with <cls>/<eos>).",
+        revision=LEGACY_REVISION),
+    # Architecture of the 20-layer model as published in 2024 (config not in ../shared; from the model card).
+    _v2("gf-20L-95M-i4096", "gf-20L-95M-i4096", 20, 896, 14, 1792, 0.02,
+        "20-layer model pretrained on ~95M cells (V2 vocabulary).", revision=LEGACY_REVISION),
+    _v2("gf-12L-95M-i4096_CLcancer", "gf-12L-95M-i4096_CLcancer", 12, 512, 8, 1024, 0.02,
+        "gf-12L-95M-i4096 continually pretrained on ~14M cancer cells.", aliases=("gf-12L-95M-i4096-CLcancer",),
+        revision=LEGACY_REVISION),
+    _v2("Geneformer-V2-104M", "Geneformer-V2-104M", 12, 768, 12, 3072, 0.1,
+        "12-layer model pretrained on ~104M non-cancer cells (V2 vocabulary)."),
+    _v2("Geneformer-V2-316M", "Geneformer-V2-316M", 18, 1152, 18, 4608, 0.1,
+        "18-layer model pretrained on ~104M cells; the repository's default model."),
+    _v2("Geneformer-V2-104M_CLcancer", "Geneformer-V2-104M_CLcancer", 12, 768, 12, 3072, 0.1,
+        "Geneformer-V2-104M continually pretrained on ~14M cancer cells.",
+        aliases=("Geneformer-V2-104M-CLcancer",)),
+]
+
+#: name or alias -> ModelSpec; every published model under its seed and its current name.
+MODEL_ZOO: dict[str, ModelSpec] = {}
+for _spec in _SPECS:
+    MODEL_ZOO[_spec.name] = _spec
+    for _alias in _spec.aliases:
+        MODEL_ZOO[_alias] = _spec
+
+#: The model a bare ``Geneformer()`` uses.
+DEFAULT_MODEL = "Geneformer-V2-316M"
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Look up a zoo entry by name or alias (case-insensitive), with a helpful error."""
+    if name in MODEL_ZOO:
+        return MODEL_ZOO[name]
+    lowered = {k.lower(): v for k, v in MODEL_ZOO.items()}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    raise KeyError(
+        f"Unknown model {name!r}. Known models: {', '.join(sorted(MODEL_ZOO))}. "
+        "Pass a local folder holding config.json and model weights to load any other checkpoint."
+    )
+
+
+def list_models() -> list[ModelSpec]:
+    """The distinct published models, each once (aliases folded)."""
+    return list(_SPECS)
+
+
+def vocab_version_for_size(vocab_size: int) -> str | None:
+    """Which published vocabulary a model's ``vocab_size`` belongs to (None for custom sizes)."""
+    return {25426: "V1", 20275: "V2"}.get(int(vocab_size))

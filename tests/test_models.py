@@ -1,0 +1,288 @@
+"""Model zoo, model loading, and the shared batched forward pass."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from geneformer.models import (
+    MODEL_ZOO,
+    ModelLoadError,
+    get_spec,
+    init_model,
+    layer_index,
+    list_models,
+    load_model,
+    n_layers,
+)
+
+
+@pytest.fixture(scope="module")
+def mini_v1(golden_dir):
+    return load_model(golden_dir / "models" / "mini-V1", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def mini_v2(golden_dir):
+    return load_model(golden_dir / "models" / "mini-V2", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pbmc_v1(golden_dir):
+    import datasets
+
+    return datasets.load_from_disk(str(golden_dir / "tokenized" / "pbmc3k_raw_seurat_labels_V1.dataset"))
+
+
+@pytest.fixture(scope="module")
+def pbmc_v2(golden_dir):
+    import datasets
+
+    return datasets.load_from_disk(str(golden_dir / "tokenized" / "pbmc3k_raw_seurat_labels_V2.dataset"))
+
+
+# ---- zoo ----------------------------------------------------------------------------------------
+SEED_AND_CURRENT = [
+    "gf-6L-30M-i2048", "Geneformer-V1-10M", "gf-12L-30M-i2048", "gf-12L-95M-i4096", "gf-20L-95M-i4096",
+    "gf-12L-95M-i4096-CLcancer", "gf-12L-95M-i4096_CLcancer", "Geneformer-V2-104M", "Geneformer-V2-316M",
+    "Geneformer-V2-104M_CLcancer",
+]
+
+
+@pytest.mark.parametrize("name", SEED_AND_CURRENT)
+def test_zoo_has_every_published_name(name):
+    spec = MODEL_ZOO[name]
+    assert spec.repo == "ctheodoris/Geneformer"
+    assert spec.vocab_version in ("V1", "V2")
+    assert spec.vocab_size == {"V1": 25426, "V2": 20275}[spec.vocab_version]
+    assert spec.input_size == {"V1": 2048, "V2": 4096}[spec.vocab_version]
+    assert spec.special_tokens == (spec.vocab_version == "V2")
+    assert spec.hidden_size % spec.num_heads == 0
+
+
+def test_zoo_alias_is_same_model():
+    assert MODEL_ZOO["gf-6L-30M-i2048"] is MODEL_ZOO["Geneformer-V1-10M"]
+    assert get_spec("geneformer-v2-104m").name == "Geneformer-V2-104M"
+    assert len(list_models()) == 8
+    with pytest.raises(KeyError, match="Known models"):
+        get_spec("gf-99L")
+
+
+def test_zoo_matches_published_configs(shared_dir):
+    files = {
+        "Geneformer-V1-10M": "gf-6L-30M-i2048.Geneformer-V1-10M.config.json",
+        "gf-12L-30M-i2048": "gf-12L-30M-i2048.config.json",
+        "gf-12L-95M-i4096": "gf-12L-95M-i4096.config.json",
+        "Geneformer-V2-104M": "Geneformer-V2-104M.config.json",
+        "Geneformer-V2-316M": "Geneformer-V2-316M.config.json",
+        "Geneformer-V2-104M_CLcancer": "Geneformer-V2-104M_CLcancer.config.json",
+    }
+    for name, fname in files.items():
+        cfg = json.loads((shared_dir / "models" / "configs" / fname).read_text())
+        spec = MODEL_ZOO[name]
+        got = spec.bert_config_kwargs()
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                    "max_position_embeddings", "hidden_act", "layer_norm_eps", "pad_token_id", "type_vocab_size",
+                    "hidden_dropout_prob", "attention_probs_dropout_prob"):
+            assert got[key] == cfg[key], (name, key)
+
+
+def test_zoo_parameter_counts():
+    assert abs(MODEL_ZOO["Geneformer-V1-10M"].n_params / 1e6 - 10.3) < 0.5
+    assert abs(MODEL_ZOO["Geneformer-V2-104M"].n_params / 1e6 - 104) < 2
+    assert abs(MODEL_ZOO["Geneformer-V2-316M"].n_params / 1e6 - 316) < 3
+
+
+def test_init_model_uses_zoo_architecture():
+    with torch.device("meta"):  # shapes only; no time spent on random initialisation
+        m = init_model("gf-6L-30M-i2048", seed=1)
+    assert (m.config.num_hidden_layers, m.config.hidden_size, m.config.num_attention_heads) == (6, 256, 4)
+    assert (m.config.intermediate_size, m.config.max_position_embeddings, m.config.vocab_size) == (512, 2048, 25426)
+    assert m.config.hidden_act == "relu"
+    n = sum(p.numel() for p in m.parameters())
+    assert abs(n / 1e6 - MODEL_ZOO["Geneformer-V1-10M"].n_params / 1e6) < 0.1
+
+
+# ---- loading ------------------------------------------------------------------------------------
+def test_load_local_folder(mini_v1, golden_dir):
+    assert type(mini_v1).__name__ == "BertForMaskedLM"
+    assert mini_v1.config._attn_implementation == "sdpa"
+    assert not mini_v1.training
+    assert n_layers(mini_v1) == 3
+    load_model(golden_dir / "models" / "mini-V1", vocab="V1")  # matching vocabulary: no error
+
+
+def test_vocab_mixup_names_both_versions(golden_dir, vocab_v2):
+    with pytest.raises(ModelLoadError) as err:
+        load_model(golden_dir / "models" / "mini-V1", vocab=vocab_v2)
+    msg = str(err.value)
+    assert "V1" in msg and "V2" in msg and "25,426" in msg and "20,275" in msg
+
+
+@pytest.mark.parametrize("kind,cls_name", [
+    ("cell_classifier", "BertForSequenceClassification"),
+    ("CellClassifier", "BertForSequenceClassification"),
+    ("gene_classifier", "BertForTokenClassification"),
+    ("Pretrained", "BertForMaskedLM"),
+])
+def test_load_kinds(golden_dir, kind, cls_name):
+    m = load_model(golden_dir / "models" / "mini-V2", kind=kind, num_labels=3)
+    assert type(m).__name__ == cls_name
+    if kind.lower() != "pretrained":
+        assert m.config.num_labels == 3
+
+
+def test_folder_without_weights(tmp_path, golden_dir):
+    shutil.copy(golden_dir / "models" / "mini-V1" / "config.json", tmp_path / "config.json")
+    with pytest.raises(ModelLoadError, match="no model weights"):
+        load_model(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(empty)
+
+
+def test_unknown_name_lists_zoo():
+    with pytest.raises(ModelLoadError, match="Geneformer-V2-104M"):
+        load_model("no-such-model-anywhere")
+
+
+def test_zoo_name_offline_fails_clearly(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="subfolder Geneformer-V1-10M"):
+        load_model("Geneformer-V1-10M")
+
+
+def test_layer_index(mini_v1):
+    assert layer_index(mini_v1, 0) == 3
+    assert layer_index(mini_v1, -1) == 2
+    assert layer_index(mini_v1, -3) == 0
+    with pytest.raises(ValueError, match="out of range"):
+        layer_index(mini_v1, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        layer_index(mini_v1, -4)
+
+
+# ---- the forward pass ---------------------------------------------------------------------------
+def test_forward_hidden_matches_transformers(mini_v1, pbmc_v1):
+    from geneformer.inference import as_sequences, collate, forward_hidden
+
+    seqs = as_sequences(pbmc_v1)
+    rows = np.argsort(seqs.lengths)[:6]  # the shortest cells keep the test fast
+    ids, mask, _ = collate(seqs, rows)
+    real = mask.bool()
+    with torch.inference_mode():
+        ref = mini_v1(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        for layer in range(4):
+            h, _ = forward_hidden(mini_v1, ids, mask, layer)
+            assert torch.allclose(h[real], ref[layer][real], atol=1e-5)
+
+
+def test_forward_hidden_eager_model(golden_dir, pbmc_v1):
+    from geneformer.inference import as_sequences, collate, forward_hidden
+
+    eager = load_model(golden_dir / "models" / "mini-V1", attn_implementation="eager")
+    seqs = as_sequences(pbmc_v1)
+    ids, mask, _ = collate(seqs, np.argsort(seqs.lengths)[:4])
+    with torch.inference_mode():
+        ref = eager(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        h, atts = forward_hidden(eager, ids, mask, 2, attention_layers=[1, 3])
+    real = mask.bool()
+    assert torch.allclose(h[real], ref.hidden_states[2][real], atol=1e-5)
+    for layer in (1, 3):
+        # compare attention rows of real query positions over real keys
+        a, r = atts[layer], ref.attentions[layer - 1]
+        for b in range(4):
+            n = int(mask[b].sum())
+            assert torch.allclose(a[b, :, :n, :n], r[b, :, :n, :n], atol=1e-5)
+
+
+def test_make_batches():
+    from geneformer.inference import make_batches
+
+    lengths = np.array([5, 100, 30, 30, 7, 64, 1, 100])
+    fixed = make_batches(lengths, batch_size=3)
+    assert [len(b) for b in fixed] == [3, 3, 2]
+    assert list(lengths[np.concatenate(fixed)]) == sorted(lengths, reverse=True)
+    budget = make_batches(lengths, token_budget=200)
+    seen = np.concatenate(budget)
+    assert sorted(seen.tolist()) == list(range(len(lengths)))
+    for b in budget:
+        assert len(b) * lengths[b].max() <= 200 or len(b) == 1
+    # equal lengths keep their input order (stable)
+    assert [int(i) for i in np.concatenate(fixed) if lengths[i] == 30] == [2, 3]
+
+
+def test_iter_forward_rows_cover_input(mini_v1, pbmc_v1):
+    from geneformer.inference import iter_forward
+
+    data = pbmc_v1.select(range(12))
+    seen = []
+    for batch in iter_forward(mini_v1, data, layer=1, batch_size=5, progress=False):
+        assert batch.hidden.shape[:2] == batch.input_ids.shape
+        assert batch.input_ids.shape[1] == int(batch.lengths.max())  # padded only to the batch's own max
+        seen.extend(batch.rows.tolist())
+    assert sorted(seen) == list(range(12))
+
+
+def test_bf16_autocast_close(mini_v1, pbmc_v1):
+    from geneformer.embeddings import cell_embeddings
+
+    data = pbmc_v1.select(range(4))
+    fp32 = cell_embeddings(mini_v1, data, batch_size=4, progress=False)
+    bf16 = cell_embeddings(mini_v1, data, batch_size=4, amp_dtype="bf16", progress=False)
+    cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert (1 - cos).max() < 1e-2
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+def test_v2_data_with_v1_model(mini_v1, pbmc_v2):
+    from geneformer.inference import InputError, validate_sequences, as_sequences
+
+    with pytest.raises(InputError, match="V2 vocabulary"):
+        validate_sequences(as_sequences(pbmc_v2.select(range(10))), mini_v1)
+
+
+def test_token_ids_beyond_vocab(mini_v2, pbmc_v1):
+    from geneformer.inference import InputError, as_sequences, validate_sequences
+
+    big = [[4, 5, 25000]]
+    with pytest.raises(InputError, match="V1"):
+        validate_sequences(as_sequences(big), mini_v2)
+
+
+def test_too_long_and_empty(mini_v1):
+    from geneformer.inference import InputError, as_sequences, validate_sequences
+
+    with pytest.raises(InputError, match="model_input_size=2048"):
+        validate_sequences(as_sequences([list(range(10, 2100))]), mini_v1)
+    with pytest.raises(InputError, match="no cells"):
+        validate_sequences(as_sequences([]), mini_v1)
+    with pytest.raises(InputError, match="empty"):
+        validate_sequences(as_sequences([[5, 6], []]), mini_v1)
+
+
+def test_models_cli_lists_zoo():
+    import typer
+    from typer.testing import CliRunner
+
+    from geneformer.cli import models as models_cli
+
+    app = typer.Typer()
+    models_cli.register(app)
+
+    @app.command("noop")
+    def _noop():  # a second command keeps typer in multi-command mode
+        pass
+
+    res = CliRunner().invoke(app, ["models"])
+    assert res.exit_code == 0, res.output
+    for name in ("Geneformer-V1-10M", "gf-6L-30M-i2048", "Geneformer-V2-316M", "gf-20L-95M-i4096"):
+        assert name in res.output
+    res = CliRunner().invoke(app, ["models", "--json"])
+    assert res.exit_code == 0
+    assert len(json.loads(res.output)) == 8

@@ -1,0 +1,70 @@
+"""UMAP and heatmap plots of cell embeddings (files written, non-empty, legends)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geneformer import plotting
+
+
+@pytest.fixture(scope="module")
+def embs():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 4
+    labels = np.repeat(["B cell", "T cell", "NK"], 20)
+    x = np.concatenate([c + rng.normal(size=(20, 16)) for c in centres]).astype(np.float32)
+    return x, labels
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf"])
+def test_umap_written(embs, tmp_path, suffix):
+    x, labels = embs
+    out = plotting.plot_umap(x, labels, tmp_path / f"umap{suffix}", label="cell_type")
+    assert out.exists() and out.stat().st_size > 2000
+    if suffix == ".png":
+        import matplotlib.image as mpimg
+
+        img = mpimg.imread(out)
+        assert img.shape[0] > 200 and img.std() > 0.01  # not blank
+
+
+def test_umap_coordinates_seeded(embs):
+    x, _ = embs
+    a = plotting.umap_coordinates(x)
+    b = plotting.umap_coordinates(x)
+    assert a.shape == (60, 2) and np.allclose(a, b)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf"])
+def test_heatmap_written(embs, tmp_path, suffix):
+    x, labels = embs
+    out = plotting.plot_heatmap(x, labels, tmp_path / f"heat{suffix}", label="cell_type")
+    assert out.exists() and out.stat().st_size > 2000
+
+
+def test_plot_errors(embs, tmp_path):
+    x, labels = embs
+    with pytest.raises(ValueError, match="labels"):
+        plotting.plot_heatmap(x, labels[:5], tmp_path / "h.png")
+    with pytest.raises(ValueError, match=".png"):
+        plotting.plot_heatmap(x, labels, tmp_path / "h.txt")
+
+
+def test_emb_extractor_plot_embs(embs, tmp_path):
+    from geneformer import EmbExtractor
+
+    x, labels = embs
+    df = pd.DataFrame(x, columns=range(x.shape[1]))
+    df["cell_type"] = labels
+    df["cell_id"] = [f"c{i}" for i in range(len(df))]
+    ex = EmbExtractor(emb_mode="cell", emb_label=["cell_type", "cell_id"], labels_to_plot=["cell_type"],
+                      max_ncells=1000)
+    files = ex.plot_embs(df, "umap", tmp_path, "pbmc", max_ncells_to_plot=40)
+    files += ex.plot_embs(df, "heatmap", tmp_path, "pbmc")
+    names = sorted(p.name for p in files)
+    assert names == ["pbmc_heatmap_cell_type.pdf", "pbmc_umap_cell_type.pdf"]
+    assert all(p.stat().st_size > 2000 for p in files)
+    with pytest.raises(ValueError, match="labels_to_plot"):
+        EmbExtractor(emb_mode="cell", emb_label=["cell_type"]).plot_embs(df, "umap", tmp_path, "x")
