@@ -12,7 +12,9 @@ def test_counts_recovered_as_integers():
 
 
 def test_demo_runs(tmp_path):
-    report = run(tmp_path / "demo")
+    report = run(tmp_path / "demo", pretrain_steps=5)
     assert report["tokenized"] == 700 and report["vocab_size"] == 769
+    assert 0 < report["knn_accuracy_pretrained"] <= 1 and 0 < report["knn_accuracy_random_init"] <= 1
+    assert (tmp_path / "demo" / "umap_cell_type.png").stat().st_size > 10_000
     assert (tmp_path / "demo" / "report.txt").read_text().startswith("Geneformer demo")
     assert (tmp_path / "demo" / "pbmc68k.dataset").is_dir()
