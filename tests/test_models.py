@@ -286,3 +286,23 @@ def test_models_cli_lists_zoo():
     res = CliRunner().invoke(app, ["models", "--json"])
     assert res.exit_code == 0
     assert len(json.loads(res.output)) == 8
+
+
+def test_out_of_memory_batches_are_split(mini_v1, pbmc_v1, monkeypatch):
+    import geneformer.inference as inf
+
+    real = inf.forward_hidden
+    sizes, done = [], []
+
+    def flaky(model, input_ids, *a, **kw):
+        sizes.append(input_ids.shape[0])
+        if input_ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated")
+        done.append(input_ids.shape[0])
+        return real(model, input_ids, *a, **kw)
+
+    monkeypatch.setattr(inf, "forward_hidden", flaky)
+    data = pbmc_v1.select(range(5))
+    rows = [r for b in inf.iter_forward(mini_v1, data, layer=1, batch_size=5, progress=False) for r in b.rows]
+    assert sorted(rows) == list(range(5))
+    assert sizes[0] == 5 and max(done) <= 2 and sum(done) == 5

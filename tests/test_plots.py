@@ -18,23 +18,33 @@ def embs():
     return x, labels
 
 
-@pytest.mark.parametrize("suffix", [".png", ".pdf"])
-def test_umap_written(embs, tmp_path, suffix):
+def test_umap_plots(embs, tmp_path):
+    """One test for every UMAP path, so that numba compiles UMAP once per test process."""
+    import matplotlib.image as mpimg
+
+    from geneformer import EmbExtractor
+
     x, labels = embs
-    out = plotting.plot_umap(x, labels, tmp_path / f"umap{suffix}", label="cell_type")
-    assert out.exists() and out.stat().st_size > 2000
-    if suffix == ".png":
-        import matplotlib.image as mpimg
-
-        img = mpimg.imread(out)
-        assert img.shape[0] > 200 and img.std() > 0.01  # not blank
-
-
-def test_umap_coordinates_seeded(embs):
-    x, _ = embs
     a = plotting.umap_coordinates(x)
-    b = plotting.umap_coordinates(x)
-    assert a.shape == (60, 2) and np.allclose(a, b)
+    assert a.shape == (60, 2) and np.allclose(a, plotting.umap_coordinates(x))  # seeded
+    for suffix in (".png", ".pdf"):
+        out = plotting.plot_umap(x, labels, tmp_path / f"umap{suffix}", label="cell_type", coords=a)
+        assert out.exists() and out.stat().st_size > 2000
+    img = mpimg.imread(tmp_path / "umap.png")
+    assert img.shape[0] > 200 and img.std() > 0.01  # not blank
+    assert plotting.plot_umap(x, labels, tmp_path / "fresh.png").stat().st_size > 2000
+    df = _frame(x, labels)
+    ex = EmbExtractor(emb_mode="cell", emb_label=["cell_type", "cell_id"], labels_to_plot=["cell_type"],
+                      max_ncells=1000)
+    files = ex.plot_embs(df, "umap", tmp_path, "pbmc", max_ncells_to_plot=40)
+    assert [p.name for p in files] == ["pbmc_umap_cell_type.pdf"] and files[0].stat().st_size > 2000
+
+
+def _frame(x, labels):
+    df = pd.DataFrame(x, columns=range(x.shape[1]))
+    df["cell_type"] = labels
+    df["cell_id"] = [f"c{i}" for i in range(len(df))]
+    return df
 
 
 @pytest.mark.parametrize("suffix", [".png", ".pdf"])
@@ -52,19 +62,14 @@ def test_plot_errors(embs, tmp_path):
         plotting.plot_heatmap(x, labels, tmp_path / "h.txt")
 
 
-def test_emb_extractor_plot_embs(embs, tmp_path):
+def test_emb_extractor_heatmap(embs, tmp_path):
     from geneformer import EmbExtractor
 
     x, labels = embs
-    df = pd.DataFrame(x, columns=range(x.shape[1]))
-    df["cell_type"] = labels
-    df["cell_id"] = [f"c{i}" for i in range(len(df))]
+    df = _frame(x, labels)
     ex = EmbExtractor(emb_mode="cell", emb_label=["cell_type", "cell_id"], labels_to_plot=["cell_type"],
                       max_ncells=1000)
-    files = ex.plot_embs(df, "umap", tmp_path, "pbmc", max_ncells_to_plot=40)
-    files += ex.plot_embs(df, "heatmap", tmp_path, "pbmc")
-    names = sorted(p.name for p in files)
-    assert names == ["pbmc_heatmap_cell_type.pdf", "pbmc_umap_cell_type.pdf"]
-    assert all(p.stat().st_size > 2000 for p in files)
+    files = ex.plot_embs(df, "heatmap", tmp_path, "pbmc")
+    assert [p.name for p in files] == ["pbmc_heatmap_cell_type.pdf"] and files[0].stat().st_size > 2000
     with pytest.raises(ValueError, match="labels_to_plot"):
         EmbExtractor(emb_mode="cell", emb_label=["cell_type"]).plot_embs(df, "umap", tmp_path, "x")

@@ -80,7 +80,7 @@ class Geneformer:
         self.model = model if model is not None else load_model(
             cfg.model_name, kind="pretrained", vocab=cfg.vocab, device=cfg.device, dtype=None
         )
-        if cfg.vocab is not None:
+        if model is not None and cfg.vocab is not None:
             from .models.loading import check_vocab_matches
 
             check_vocab_matches(self.model, cfg.vocab, source=f"Model {cfg.model_name}")

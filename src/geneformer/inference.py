@@ -381,10 +381,24 @@ def iter_forward(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(subset), desc=desc, unit="cell", disable=not progress, leave=False)
+        pending = list(reversed(batches))  # a stack, so that a split batch is retried next
         with torch.inference_mode(), _autocast(dev, amp, model):
-            for batch_rows in batches:
+            while pending:
+                batch_rows = pending.pop()
                 input_ids, mask, lens = collate(seqs, batch_rows, pad_id, dev)
-                hidden, atts = forward_hidden(model, input_ids, mask, layer, attention_layers=attention_layers)
+                try:
+                    hidden, atts = forward_hidden(model, input_ids, mask, layer, attention_layers=attention_layers)
+                except torch.OutOfMemoryError:
+                    if len(batch_rows) == 1:
+                        raise
+                    # out of GPU memory: retry the batch as two halves
+                    del input_ids, mask, lens
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    half = len(batch_rows) // 2
+                    pending.extend([batch_rows[half:], batch_rows[:half]])
+                    logger.info("Out of memory with %d cells per batch; retrying with %d", len(batch_rows), half)
+                    continue
                 yield ForwardBatch(batch_rows, input_ids, lens, mask, hidden, atts or None)
                 bar.update(len(batch_rows))
         bar.close()

@@ -95,7 +95,7 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     if fmt == "h5ad":
         if adata is None or max_ncells is not None:
             obs = {c: np.asarray(v) for c, v in label_values.items()}
-            sub = ad.AnnData(X=embs, obs=pd.DataFrame(obs))
+            sub = ad.AnnData(X=embs, obs=pd.DataFrame(obs, index=[str(i) for i in range(len(embs))]))
             sub.obsm[outputs.OBSM_KEY] = embs
             outputs.write_h5ad(sub, output)
         else:

@@ -203,8 +203,8 @@ def gene_embeddings(
     layer = layer_index(model, emb_layer)
     vocab_size = int(model.config.vocab_size)
     hidden_size = int(model.config.hidden_size)
-    sums = torch.zeros((vocab_size, hidden_size), dtype=torch.float64)
-    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    sums: torch.Tensor | None = None  # accumulated on the model's device, in float64
+    counts: torch.Tensor | None = None
     for batch in iter_forward(model, seqs, layer=layer, batch_size=batch_size, device=device,
                               amp_dtype=amp_dtype, pad_id=special.pad_id, progress=progress,
                               desc="gene embeddings"):
@@ -215,14 +215,17 @@ def gene_embeddings(
             rows_t = torch.from_numpy(batch.rows)
             mask = gene_position_mask(batch.lengths, h.shape[1], torch.from_numpy(has_cls)[rows_t].to(h.device),
                                       torch.from_numpy(has_eos)[rows_t].to(h.device))
-        tokens = batch.input_ids[mask].cpu()
-        vecs = h[mask].cpu()
+        tokens = batch.input_ids[mask]
+        vecs = h[mask]
+        if sums is None:
+            sums = torch.zeros((vocab_size, hidden_size), dtype=torch.float64, device=h.device)
+            counts = torch.zeros(vocab_size, dtype=torch.float64, device=h.device)
         sums.index_add_(0, tokens, vecs.double())
-        counts.index_add_(0, tokens, torch.ones(len(tokens), dtype=torch.float64))
+        counts.index_add_(0, tokens, torch.ones(len(tokens), dtype=torch.float64, device=h.device))
         if on_batch is not None:
-            on_batch(tokens.numpy(), vecs.numpy())
+            on_batch(tokens.cpu().numpy(), vecs.cpu().numpy())
     seen = torch.nonzero(counts > 0).flatten()
-    return GeneEmbeddings(seen.numpy(), sums[seen].numpy(), counts[seen].numpy())
+    return GeneEmbeddings(seen.cpu().numpy(), sums[seen].cpu().numpy(), counts[seen].cpu().numpy())
 
 
 def gene_states_per_cell(

@@ -22,7 +22,7 @@ import torch
 
 from ..data_ops import check_columns, column_values, downsample_and_sort, filter_by_dict, load_tokenized
 from ..inference import as_sequences
-from ..models.loading import load_model, n_layers, normalise_kind
+from ..models.loading import check_vocab_matches, load_model, n_layers, normalise_kind
 from . import outputs
 from .core import SpecialTokens, cell_embeddings, gene_embeddings, gene_states_per_cell, token_labels
 from .summaries import StreamingGeneSummary, StreamingSummary, check_summary_stat, exact_summary
@@ -129,8 +129,10 @@ class EmbExtractor:
         return self._vocab
 
     def _model(self, model_directory: Any) -> Any:
-        if not isinstance(model_directory, (str, os.PathLike)):
-            return model_directory  # an already loaded model
+        if not isinstance(model_directory, (str, os.PathLike)):  # an already loaded model
+            if isinstance(self.vocab, str):
+                check_vocab_matches(model_directory, self.vocab, source="The model")
+            return model_directory
         key = str(model_directory)
         if self._model_cache is None or self._model_cache[0] != key:
             kind = normalise_kind(self.model_type)
