@@ -119,7 +119,10 @@ def resolve_dict_file(kind: str, version: str = "V2", path: str | os.PathLike | 
 def _download_from_hub(version: str, name: str) -> Path:
     from huggingface_hub import hf_hub_download
 
-    remote = hf_hub_download(repo_id=HUB_REPO_ID, filename=f"{HUB_SUBFOLDERS[version]}/{name}")
+    from .hub import hub_offline
+
+    remote = hf_hub_download(repo_id=HUB_REPO_ID, filename=f"{HUB_SUBFOLDERS[version]}/{name}",
+                             local_files_only=hub_offline())
     target = cache_dir() / "dicts" / version / name
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + ".part")

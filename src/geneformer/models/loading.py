@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..hub import hub_offline
 from .zoo import MODEL_ZOO, ModelSpec, get_spec, vocab_version_for_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -196,6 +197,8 @@ def load_model(
     kind = normalise_kind(kind)
     source, kwargs, spec = resolve_model_source(name_or_path)
     kwargs.update(from_pretrained_kwargs)
+    if hub_offline() and not Path(source).is_dir():
+        kwargs.setdefault("local_files_only", True)  # fail at once instead of retrying the network
     if kind != "pretrained" and num_labels is not None:
         kwargs["num_labels"] = int(num_labels)
     torch_dtype = resolve_dtype(dtype)
