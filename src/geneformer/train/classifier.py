@@ -26,13 +26,11 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..data_ops import filter_by_dict, load_tokenized
 from ..inference import as_sequences, validate_sequences
@@ -40,87 +38,25 @@ from . import classifier_data as cd
 from . import evaluation as ev
 from .collators import DataCollatorForCellClassification, DataCollatorForGeneClassification
 
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import Trainer, TrainingArguments
+
+    from .classifier_trainer import ClassifierTrainer
+
+# the Trainer stack is imported only when training starts, so data preparation stays light
+_LAZY = {"ClassifierTrainer", "freeze_encoder_layers", "trainer_metrics", "training_arguments"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import classifier_trainer
+
+        return getattr(classifier_trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
-
-
-# ------------------------------------------------------------------------------------------------
-# Trainer pieces
-# ------------------------------------------------------------------------------------------------
-def trainer_metrics(eval_pred) -> dict[str, float]:
-    """``compute_metrics``: accuracy and macro-F1 over arg-max, ignoring -100 labels (gene tasks)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    logits = eval_pred.predictions
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
-    labels = np.asarray(eval_pred.label_ids)
-    preds = np.asarray(logits).argmax(-1)
-    keep = labels != cd.IGNORE_INDEX
-    y, p = labels[keep], preds[keep]
-    if len(y) == 0:
-        return {"accuracy": float("nan"), "macro_f1": float("nan")}
-    return {"accuracy": float(accuracy_score(y, p)), "macro_f1": float(f1_score(y, p, average="macro", zero_division=0))}
-
-
-class ClassifierTrainer(Trainer):
-    """``Trainer`` with optional per-class loss weights (cross-entropy, -100 ignored)."""
-
-    def __init__(self, *args: Any, class_weights: Sequence[float] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.class_weights is None:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-        weight = self.class_weights.to(logits.device, logits.dtype)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                 weight=weight, ignore_index=cd.IGNORE_INDEX)
-        return (loss, outputs) if return_outputs else loss
-
-
-def training_arguments(**kw: Any) -> TrainingArguments:
-    """``TrainingArguments`` across transformers 4.x/5.x names; unknown fields raise a clear error."""
-    fields = TrainingArguments.__dataclass_fields__
-    if "evaluation_strategy" in kw and "eval_strategy" in fields:
-        kw["eval_strategy"] = kw.pop("evaluation_strategy")
-    if "eval_strategy" in kw and "eval_strategy" not in fields:
-        kw["evaluation_strategy"] = kw.pop("eval_strategy")
-    if "group_by_length" in kw and "group_by_length" not in fields:
-        if kw.pop("group_by_length"):
-            kw["train_sampling_strategy"] = "group_by_length"
-    if "warmup_ratio" in kw and "warmup_ratio" not in fields:
-        kw["warmup_steps"] = float(kw.pop("warmup_ratio"))
-    for gone in ("overwrite_output_dir", "logging_dir", "save_safetensors"):
-        if gone not in fields:
-            kw.pop(gone, None)
-    unknown = sorted(k for k in kw if k not in fields)
-    if unknown:
-        raise ValueError(f"Unknown training argument(s) {unknown} for transformers TrainingArguments.")
-    return TrainingArguments(**kw)
-
-
-def freeze_encoder_layers(model: Any, n: int) -> int:
-    """Freeze the first ``n`` encoder layers (embeddings stay trainable, as the reference). Returns n."""
-    import re
-
-    n = int(n or 0)
-    if n <= 0:
-        return 0
-    n_layers = int(model.config.num_hidden_layers)
-    if n > n_layers:
-        raise ValueError(f"freeze_layers={n} but the model has only {n_layers} encoder layers.")
-    pat = re.compile(r"encoder\.layer\.(\d+)\.")
-    for name, p in model.named_parameters():
-        m = pat.search(name)
-        if m and int(m.group(1)) < n:
-            p.requires_grad = False
-    return n
 
 
 def _has_final_model(folder: Path) -> bool:
@@ -463,7 +399,7 @@ class Classifier:
         return args
 
     def _build_args(self, model: Any, n_train: int, output_directory: Path, has_eval: bool,
-                    overrides: Mapping[str, Any] | None = None) -> TrainingArguments:
+                    overrides: Mapping[str, Any] | None = None) -> "TrainingArguments":
         args = self.default_training_args(model, n_train)
         args.update(self.training_args)
         args.update(overrides or {})
@@ -483,6 +419,8 @@ class Classifier:
         args.setdefault("disable_tqdm", not self.progress)
         args.setdefault("use_cpu", not torch.cuda.is_available())
         args.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+        from .classifier_trainer import training_arguments
+
         return training_arguments(**args)
 
     def _load_training_model(self, model_directory: Any, num_classes: int) -> Any:
@@ -497,7 +435,7 @@ class Classifier:
 
     def build_trainer(self, model_directory: Any, num_classes: int, train_data: Any, eval_data: Any,
                       output_directory: str | os.PathLike, *, overrides: Mapping[str, Any] | None = None,
-                      callbacks: Sequence[Any] | None = None, model_init: bool = False) -> ClassifierTrainer:
+                      callbacks: Sequence[Any] | None = None) -> "ClassifierTrainer":
         """A ready ``Trainer`` (model loaded, layers frozen, arguments resolved); nothing trained yet."""
         train_data = self._training_columns(self._load(train_data))
         eval_data = None if (self.no_eval or eval_data is None) else self._training_columns(self._load(eval_data))
@@ -514,6 +452,8 @@ class Classifier:
             else labels.astype(np.int64)
         if flat.max(initial=-1) >= num_classes:
             raise cd.ClassifierDataError(f"The training labels go up to {int(flat.max())} but num_classes={num_classes}.")
+        from .classifier_trainer import ClassifierTrainer, freeze_encoder_layers, trainer_metrics
+
         n_freeze = (overrides or {}).get("freeze_layers", self.freeze_layers)
         freeze_encoder_layers(model, n_freeze)
         args = self._build_args(model, len(train_data), Path(output_directory), eval_data is not None, overrides)
@@ -530,13 +470,15 @@ class Classifier:
         eval_data: Any,
         output_directory: str | os.PathLike,
         predict: bool = False,
-    ) -> ClassifierTrainer:
+    ) -> "ClassifierTrainer":
         """Fine-tune on ``train_data`` (evaluating on ``eval_data`` each epoch for cell classifiers), save the
         final model (or LoRA adapter) in ``output_directory`` and return the trainer.
 
         Checkpoints go to ``output_directory/checkpoint-*``; with ``resume_from_checkpoint`` set on the
         Classifier the run continues from the last (or the given) checkpoint.
         """
+        from transformers.trainer_utils import get_last_checkpoint
+
         out = Path(output_directory)
         resume = self.resume_from_checkpoint
         if resume is True:
@@ -558,7 +500,7 @@ class Classifier:
             trainer.save_metrics("eval", preds.metrics)
         return trainer
 
-    def save_trained(self, trainer: Trainer, out: Path, model_directory: Any, num_classes: int) -> None:
+    def save_trained(self, trainer: "Trainer", out: Path, model_directory: Any, num_classes: int) -> None:
         """Write the final weights atomically into ``out`` plus ``geneformer_finetune.json`` and the state."""
         from .lora import write_finetune_meta
 
@@ -823,7 +765,7 @@ class Classifier:
         output_prefix: str,
         save_eval_output: bool = True,
         gene_balance: bool = False,
-    ) -> ClassifierTrainer:
+    ) -> "ClassifierTrainer":
         """Train on every prepared cell (no evaluation split); returns the trainer."""
         id_class_dict = cd.load_id_class_dict(id_class_dict_file)
         self._id_class_dict = id_class_dict

@@ -581,11 +581,14 @@ class MTLClassifier:
     def _data(self, accelerator) -> tuple[MTLData, MTLData, dict]:
         from ..data_ops import load_tokenized
 
+        from ..data_ops import check_columns
+
         train_ds = load_tokenized(self.train_path)
+        check_columns(train_ds, self.task_columns, what="task (training data)")
         mappings = label_mappings(train_ds, self.task_columns)
         val_ds = load_tokenized(self.val_path)
-        val_maps = label_mappings(val_ds, self.task_columns) if all(
-            c in val_ds.column_names for c in self.task_columns) else {}
+        check_columns(val_ds, self.task_columns, what="task (validation data)")
+        val_maps = {c: {lab: i for i, lab in enumerate(sorted_labels(column(val_ds, c)))} for c in self.task_columns}
         train = load_split(train_ds, self.task_columns, mappings, "training")
         val = load_split(val_ds, self.task_columns, mappings, "validation")
         if accelerator.is_main_process:
