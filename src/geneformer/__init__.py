@@ -37,6 +37,10 @@ _EXPORTS = {
     "pretrain": "geneformer.train.pretraining",
     "DataCollatorForCellClassification": "geneformer.train.collators",
     "DataCollatorForGeneClassification": "geneformer.train.collators",
+    # fine-tuning
+    "Classifier": "geneformer.train.classifier",
+    "MTLClassifier": "geneformer.train.mtl",
+    "GeneformerFineTuningModel": "geneformer.api_finetune",
 }
 
 # module constants naming the published dictionary files, resolved on first access

@@ -258,6 +258,14 @@ class Geneformer:
                                adata.n_obs - len(rows), adata.n_obs)
         return embs
 
+    def finetune(self, data: Any, label: str, output_dir: str | os.PathLike, **kwargs: Any):
+        """Fine-tune this model as a cell classifier of ``label`` (AnnData, tokenized Dataset or folder);
+        see :func:`geneformer.train.finetune.finetune` for the options. Returns a FinetuneResult."""
+        from .train.finetune import finetune
+
+        dataset = self.tokenize(data, custom_attr_name_dict={label: label}) if hasattr(data, "obs") else data
+        return finetune(dataset, self.config.model_name, output_dir, label=label, **kwargs)
+
     def with_config(self, **changes: Any) -> "Geneformer":
         """A copy sharing the loaded model, with some configuration fields changed."""
         return Geneformer(replace(self.config, **changes), model=self.model)

@@ -1,4 +1,4 @@
-"""Masked-gene pretraining and continual learning: architectures, collators, model, trainer.
+"""Training: masked-gene pretraining and continual learning, and fine-tuning (classifiers, MTL, LoRA).
 
 Names are imported lazily, so that using a collator does not import the ``Trainer`` stack.
 """
@@ -24,6 +24,13 @@ _EXPORTS = {
     "check_corpus": "pretraining",
     "config_file": "pretraining",
     "pretrain": "pretraining",
+    "Classifier": "classifier",
+    "MTLClassifier": "mtl",
+    "GeneformerMultiTask": "mtl",
+    "finetune": "finetune",
+    "predict": "finetune",
+    "load_finetuned": "lora",
+    "quantize_dynamic_int8": "lora",
 }
 
 __all__ = sorted(_EXPORTS)
