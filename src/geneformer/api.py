@@ -258,6 +258,15 @@ class Geneformer:
                                adata.n_obs - len(rows), adata.n_obs)
         return embs
 
+    def perturb(self, data: Any, genes: Any = "all", perturb_type: str = "delete", **kwargs: Any):
+        """In silico perturbation with this model; see :func:`geneformer.perturb.perturb` (tidy DataFrame)."""
+        from .perturb.run import perturb
+
+        kwargs.setdefault("device", self.config.device)
+        kwargs.setdefault("dtype", self.config.dtype)
+        kwargs.setdefault("emb_layer", self.config.emb_layer)
+        return perturb(data, self.model, genes, perturb_type, model_version=self.vocab_version, **kwargs)
+
     def with_config(self, **changes: Any) -> "Geneformer":
         """A copy sharing the loaded model, with some configuration fields changed."""
         return Geneformer(replace(self.config, **changes), model=self.model)
