@@ -31,6 +31,7 @@ _EXPORTS = {
     "Geneformer": "geneformer.api",
     "GeneformerConfig": "geneformer.api",
     # perturbation
+    "InSilicoPerturber": "geneformer.perturb.perturber",
     "InSilicoPerturberStats": "geneformer.perturb.stats",
     # pretraining
     "GeneformerPretrainer": "geneformer.train.pretraining",

@@ -266,6 +266,15 @@ class Geneformer:
         dataset = self.tokenize(data, custom_attr_name_dict={label: label}) if hasattr(data, "obs") else data
         return finetune(dataset, self.config.model_name, output_dir, label=label, **kwargs)
 
+    def perturb(self, data: Any, genes: Any = "all", perturb_type: str = "delete", **kwargs: Any):
+        """In silico perturbation with this model; see :func:`geneformer.perturb.perturb` (tidy DataFrame)."""
+        from .perturb.run import perturb
+
+        kwargs.setdefault("device", self.config.device)
+        kwargs.setdefault("dtype", self.config.dtype)
+        kwargs.setdefault("emb_layer", self.config.emb_layer)
+        return perturb(data, self.model, genes, perturb_type, model_version=self.vocab_version, **kwargs)
+
     def with_config(self, **changes: Any) -> "Geneformer":
         """A copy sharing the loaded model, with some configuration fields changed."""
         return Geneformer(replace(self.config, **changes), model=self.model)

@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 # Each module defines ``register(app)``; add a stage by adding its module here.
-COMMAND_MODULES = ["tokenize", "build_vocab", "embed", "models", "pretrain", "perturb_stats", "finetune"]
+COMMAND_MODULES = ["tokenize", "build_vocab", "embed", "models", "pretrain", "finetune", "perturb", "perturb_stats"]
 
 
 def _register_all() -> None:

@@ -5,6 +5,9 @@
 - :mod:`geneformer.perturb.results` — the reference's ``*_raw.pickle`` dictionaries and a tidy
   columnar (pandas / parquet) form.
 - :mod:`geneformer.perturb.stats` — :class:`InSilicoPerturberStats`.
+- :mod:`geneformer.perturb.perturber` — :class:`InSilicoPerturber` (reference API) on the batched
+  core in :mod:`.engine` (forwards and cosines), :mod:`.selection` (which cells) and :mod:`.store`
+  (resumable parts, tidy parquet, raw pickles); :func:`perturb` (:mod:`.run`) is the short API.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "InSilicoPerturber": "geneformer.perturb.perturber",
     "InSilicoPerturberStats": "geneformer.perturb.stats",
     "Perturbed": "geneformer.perturb.transforms",
     "PerturbationBatch": "geneformer.perturb.transforms",
@@ -20,7 +24,10 @@ _EXPORTS = {
     "overexpress": "geneformer.perturb.transforms",
     "inhibit": "geneformer.perturb.transforms",
     "activate": "geneformer.perturb.transforms",
-    "perturb": "geneformer.perturb.transforms",
+    "perturb": "geneformer.perturb.run",
+    "perturb_sequence": "geneformer.perturb.transforms",
+    "read_results": "geneformer.perturb.run",
+    "annotate_genes": "geneformer.perturb.run",
     "perturb_all": "geneformer.perturb.transforms",
     "read_raw_dir": "geneformer.perturb.results",
     "raw_to_tidy": "geneformer.perturb.results",

@@ -65,6 +65,7 @@ __all__ = [
     "pad_sequences",
     "perturb",
     "perturb_all",
+    "perturb_sequence",
     "rank_shift_steps",
 ]
 
@@ -339,6 +340,9 @@ def perturb(
     if perturb_type == "overexpress":
         return overexpress(ids, tokens, special=special, max_len=max_len)
     return _reorder_one(ids, tokens, perturb_type, special, rank_shift)
+
+
+perturb_sequence = perturb  # the name exported by geneformer.perturb (whose ``perturb`` runs a model)
 
 
 # ---------------------------------------------------------------------------------------------
