@@ -12,9 +12,11 @@ def test_counts_recovered_as_integers():
 
 
 def test_demo_runs(tmp_path):
-    report = run(tmp_path / "demo", pretrain_steps=5)
+    report = run(tmp_path / "demo", pretrain_steps=5, finetune_epochs=0.2)
     assert report["tokenized"] == 700 and report["vocab_size"] == 769
     assert 0 < report["knn_accuracy_pretrained"] <= 1 and 0 < report["knn_accuracy_random_init"] <= 1
     assert (tmp_path / "demo" / "umap_cell_type.png").stat().st_size > 10_000
+    assert 0 <= report["finetune_macro_f1"] <= 1 and report["perturbations"] > 0
+    assert (tmp_path / "demo" / "goal_state_shift.csv").stat().st_size > 0
     assert (tmp_path / "demo" / "report.txt").read_text().startswith("Geneformer demo")
     assert (tmp_path / "demo" / "pbmc68k.dataset").is_dir()

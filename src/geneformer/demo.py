@@ -9,7 +9,10 @@ needs no network and no published files:
 4. pretrain a mini model by masked-gene modelling;
 5. embed the cells, draw a UMAP coloured by cell type, and compare zero-shot kNN cell-type accuracy
    of the pretrained and a randomly initialised model;
-6. write a short report (text + PNGs) next to the outputs.
+6. fine-tune a cell-type classifier and score it on held-out cells;
+7. in silico deletion of every gene of a few monocytes, measuring the shift toward dendritic cells
+   (goal-state modelling), and its statistics;
+8. write a short report (text + PNGs) next to the outputs.
 
     python -m geneformer.demo --output demo_output
 """
@@ -83,7 +86,7 @@ def pretrain_and_embed(dataset, vocab, output: Path, steps: int = PRETRAIN_STEPS
                    save_steps=10**6)
     model = BertForMaskedLM.from_pretrained(res.model_dir)
     loss = res.train_metrics.get("train_loss", float("nan"))
-    print(f"[4/6] Pretrained a mini model ({MINI_CONFIG['num_hidden_layers']} layers x "
+    print(f"[4/8] Pretrained a mini model ({MINI_CONFIG['num_hidden_layers']} layers x "
           f"{MINI_CONFIG['hidden_size']}) for {steps} masked-gene steps in {time.perf_counter() - t:.0f}s "
           f"(mean loss {loss:.2f}); saved to {res.model_dir}.")
     torch.manual_seed(0)
@@ -96,13 +99,67 @@ def pretrain_and_embed(dataset, vocab, output: Path, steps: int = PRETRAIN_STEPS
     acc_pre, acc_rand = knn_accuracy(embs, labels), knn_accuracy(rand, labels)
     umap_png = plot_umap(embs, labels, output / "umap_cell_type.png", label="cell type",
                          title=f"Mini Geneformer embeddings of {len(labels)} PBMCs")
-    print(f"[5/6] Cell embeddings ({embs.shape[1]} dims) -> {umap_png}; zero-shot kNN cell-type accuracy: "
+    print(f"[5/8] Cell embeddings ({embs.shape[1]} dims) -> {umap_png}; zero-shot kNN cell-type accuracy: "
           f"pretrained {acc_pre:.3f} vs random init {acc_rand:.3f}.")
     return {"model_dir": str(res.model_dir), "pretrain_loss": loss, "knn_accuracy_pretrained": acc_pre,
             "knn_accuracy_random_init": acc_rand, "umap": str(umap_png)}
 
 
-def run(output: Path, pretrain_steps: int = PRETRAIN_STEPS) -> dict:
+def finetune_classifier(dataset, model_dir: str, vocab_dir: Path, output: Path, epochs: float = 3.0) -> dict:
+    """Step 6: fine-tune the pretrained mini model as a cell-type classifier; held-out macro-F1."""
+    from .train.finetune import finetune
+
+    t = time.perf_counter()
+    res = finetune(dataset, model_dir, output / "finetune", label="cell_type", epochs=epochs, learning_rate=5e-4,
+                   batch_size=16, test_size=0.2, eval_size=0.1, seed=0, progress=False,
+                   training_args={"logging_strategy": "no", "disable_tqdm": True},
+                   token_dictionary_file=vocab_dir / "token_dictionary.json")
+    m = res.metrics
+    print(f"[6/8] Fine-tuned a cell-type classifier ({len(m['classes'])} classes, {m['n_train']} training cells) "
+          f"in {time.perf_counter() - t:.0f}s: held-out macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f} "
+          f"on {m['n_test']} cells.")
+    return {"finetune_macro_f1": float(m["macro_f1"]), "finetune_accuracy": float(m["accuracy"]),
+            "finetune_dir": str(res.output_dir)}
+
+
+START_STATE, GOAL_STATE = "CD14+ Monocyte", "Dendritic"
+
+
+def goal_state_perturbation(dataset, model_dir: str, vocab, vocab_dir: Path, output: Path, n_cells: int = 4) -> dict:
+    """Step 7: delete each gene of a few monocytes; which deletions move them toward dendritic cells?"""
+    import torch
+
+    from .embeddings.core import cell_embeddings
+    from .models import load_model
+    from .perturb import InSilicoPerturberStats
+    from .perturb.run import perturb
+
+    t = time.perf_counter()
+    model = load_model(model_dir, device="cpu")
+    labels = np.asarray(dataset["cell_type"])
+    # mean-pooled cell embeddings: the mini model's <cls> state is never trained directly
+    embs = cell_embeddings(model, dataset, mode="cell", emb_layer=-1, vocab=vocab, progress=False)
+    state_embs = {s: torch.tensor(embs[labels == s].mean(axis=0)) for s in (START_STATE, GOAL_STATE)}
+    states = {"state_key": "cell_type", "start_state": START_STATE, "goal_state": GOAL_STATE, "alt_states": []}
+    isp_dir = output / "perturb"
+    df = perturb(dataset, model, "all", "delete", emb_mode="cell", state_key="cell_type", start_state=START_STATE,
+                 goal_state=GOAL_STATE, state_embs=state_embs, max_ncells=n_cells, model_version="V2",
+                 token_dictionary_file=vocab_dir / "token_dictionary.json", output_dir=isp_dir, prefix="demo",
+                 annotate=False, progress=False)
+    stats = InSilicoPerturberStats(mode="goal_state_shift", cell_states_to_model=states, model_version="V2",
+                                   token_dictionary_file=vocab_dir / "token_dictionary.json",
+                                   gene_name_id_dictionary_file=vocab_dir / "gene_name_id_dict.json")
+    table = stats.get_stats(isp_dir, None, output, "goal_state_shift")
+    top = table.sort_values("Shift_to_goal_end", ascending=False).head(5)
+    names = ", ".join(f"{g} ({v:+.2e})" for g, v in zip(top["Gene_name"], top["Shift_to_goal_end"]))
+    print(f"[7/8] Deleted each gene of {n_cells} {START_STATE} cells in silico ({len(df)} results, "
+          f"{time.perf_counter() - t:.0f}s); deletions shifting them most toward {GOAL_STATE}: {names}. "
+          f"Statistics in {output / 'goal_state_shift.csv'}.")
+    return {"perturbations": int(len(df)), "top_goal_shift_genes": list(top["Gene_name"]),
+            "goal_state_stats": str(output / "goal_state_shift.csv")}
+
+
+def run(output: Path, pretrain_steps: int = PRETRAIN_STEPS, finetune_epochs: float = 3.0) -> dict:
     from .corpus import build_vocab, estimate_gene_medians
     from .tokenizer import TranscriptomeTokenizer
 
@@ -111,15 +168,15 @@ def run(output: Path, pretrain_steps: int = PRETRAIN_STEPS) -> dict:
     t0 = time.perf_counter()
     adata = load_pbmc68k_counts()
     report["cells"], report["genes"] = adata.n_obs, adata.n_vars
-    print(f"[1/6] Loaded {adata.n_obs} PBMCs x {adata.n_vars} genes from the scanpy wheel; "
+    print(f"[1/8] Loaded {adata.n_obs} PBMCs x {adata.n_vars} genes from the scanpy wheel; "
           f"raw counts recovered from log-normalised values ({int(adata.X.sum())} UMIs in these genes).")
 
-    medians = estimate_gene_medians([adata], exact=True)
+    medians = estimate_gene_medians([adata], exact=True, progress=False)
     vocab = build_vocab(medians, special_tokens=True)
     vocab.gene_name_id = {g: g for g in vocab.genes}  # the demo's gene IDs are symbols
     vocab_dir = vocab.save(output / "vocab")
     report["vocab_size"] = vocab.size
-    print(f"[2/6] Gene medians of {len(medians)} detected genes -> vocabulary of {vocab.size} tokens "
+    print(f"[2/8] Gene medians of {len(medians)} detected genes -> vocabulary of {vocab.size} tokens "
           f"({', '.join(vocab.special_tokens)} + genes), saved to {vocab_dir}.")
 
     tk = TranscriptomeTokenizer({"cell_type": "cell_type", "cell_id": "cell_id"}, vocab=vocab,
@@ -129,13 +186,15 @@ def run(output: Path, pretrain_steps: int = PRETRAIN_STEPS) -> dict:
     first = dataset[0]
     top = [vocab.id_to_token[t] for t in first["input_ids"][1:6]]
     report.update(tokenized=len(dataset), mean_length=float(lengths.mean()))
-    print(f"[3/6] Tokenized {len(dataset)} cells (mean {lengths.mean():.0f} tokens, <cls> ... <eos>) to "
+    print(f"[3/8] Tokenized {len(dataset)} cells (mean {lengths.mean():.0f} tokens, <cls> ... <eos>) to "
           f"{output / 'pbmc68k.dataset'}; cell {first['cell_id']} ({first['cell_type']}) ranks {', '.join(top)} first.")
     report.update(pretrain_and_embed(dataset, vocab, output, steps=pretrain_steps))
+    report.update(finetune_classifier(dataset, report["model_dir"], vocab_dir, output, epochs=finetune_epochs))
+    report.update(goal_state_perturbation(dataset, report["model_dir"], vocab, vocab_dir, output))
     report["seconds"] = time.perf_counter() - t0
     lines = [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in report.items()]
     (output / "report.txt").write_text("Geneformer demo\n" + "\n".join(lines) + "\n")
-    print(f"[6/6] Done in {report['seconds']:.1f}s; report in {output / 'report.txt'}.")
+    print(f"[8/8] Done in {report['seconds']:.1f}s; report in {output / 'report.txt'}.")
     return report
 
 
@@ -143,9 +202,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Geneformer offline demo")
     ap.add_argument("--output", type=Path, default=Path("demo_output"))
     ap.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
+    ap.add_argument("--finetune-epochs", type=float, default=3.0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run(args.output, pretrain_steps=args.pretrain_steps)
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the demo's own lines say what happens
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    run(args.output, pretrain_steps=args.pretrain_steps, finetune_epochs=args.finetune_epochs)
 
 
 if __name__ == "__main__":

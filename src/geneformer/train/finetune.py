@@ -87,6 +87,7 @@ def finetune(
     training_args: Mapping[str, Any] | None = None,
     hyperopt_space: Mapping[str, Any] | None = None,
     progress: bool = True,
+    token_dictionary_file: str | os.PathLike | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on a tokenized ``dataset`` (folder or Dataset) and score a held-out test split.
 
@@ -108,7 +109,8 @@ def finetune(
     model_dir = out / "model"
     if model_dir.exists() and any(model_dir.iterdir()):
         raise ValueError(f"{model_dir} already exists; choose another --output or delete it.")
-    version = model_vocab_version(model)
+    # a custom token dictionary (a vocabulary built with build-vocab) stands in for V1/V2
+    version = "V2" if token_dictionary_file is not None else model_vocab_version(model)
     targs = dict(training_args or {})
     if epochs is not None:
         targs["num_train_epochs"] = epochs
@@ -124,7 +126,7 @@ def finetune(
         filter_data=filter_data, rare_threshold=rare_threshold, max_ncells=max_ncells, training_args=targs,
         freeze_layers=freeze_layers, model_version=version, lora=lora, class_weights=class_weights, seed=seed,
         split_sizes={"train": 1 - test_size - eval_size, "valid": eval_size, "test": test_size},
-        hyperopt_space=hyperopt_space, progress=progress,
+        hyperopt_space=hyperopt_space, progress=progress, token_dictionary_file=token_dictionary_file,
     )
     data_dir = out / "data"
     paths = clf.prepare_data(dataset, data_dir, PREFIX, test_size=test_size)
