@@ -2,8 +2,8 @@
 
 Generates raw-count h5ad files of 20,000 genes (the first 20,000 V2 vocabulary genes) with ~2,500
 non-zero genes per cell, then tokenizes them (V2, nproc workers) in a child process while sampling
-the memory (PSS) of the whole process tree. Prints cells/s and peak RSS for each size, to show
-that memory stays flat as the cell count grows.
+the memory (PSS) of the whole process tree. Prints cells/s and peak memory for each size, to show
+that memory stays flat as the cell count grows, and the incremental rate between the sizes.
 
     python benchmarks/tokenize.py [--cells 10000 100000] [--nproc 2]
 
@@ -129,6 +129,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"{'cells':>8} {'seconds':>8} {'cells/s':>9} {'peak PSS MiB':>13}  (nproc={args.nproc}, "
           f"{N_GENES} genes, ~{int(DENSITY * N_GENES)} non-zero per cell, V2)")
+    runs = []
     for n in args.cells:
         path = OUT / f"synthetic_{n}.h5ad"
         if not path.exists():
@@ -136,7 +137,13 @@ def main() -> None:
             make_h5ad(path, n)
             print(f"  (generated {path.name} in {time.perf_counter() - t:.1f}s)", file=sys.stderr)
         secs, rss = run(path, args.nproc)
+        runs.append((n, secs))
         print(f"{n:>8} {secs:>8.1f} {n / secs:>9.0f} {rss:>13.0f}")
+    if len(runs) > 1:
+        (n1, t1), (n2, t2) = runs[0], runs[-1]
+        # the difference removes the fixed cost of starting Python, imports and loading the dictionaries
+        print(f"incremental rate {n1}->{n2} cells: {(n2 - n1) / (t2 - t1):.0f} cells/s "
+              f"(fixed start-up cost ~{t1 - n1 * (t2 - t1) / (n2 - n1):.1f}s)")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from .vocab import MODEL_INPUT_SIZE, GeneVocab, as_vocab, check_version
 logger = logging.getLogger(__name__)
 
 #: rows handed to a worker at once (a multiple of the chunk size keeps workers busy)
-_TASK_CHUNKS = 8
+_TASK_CHUNKS = 2
 
 
 @dataclass
