@@ -47,7 +47,7 @@ from ..models.loading import (
     resolve_dtype,
 )
 from . import transforms as T
-from .engine import EMB_MODES, RunSettings, build_part, n_perturbations, plan_parts, run_part
+from .engine import EMB_MODES, RunSettings, build_part, plan_parts, run_part
 from .selection import CellSelection, select_cells
 from .store import RunStore, fingerprint, part_table, raw_file_names
 
@@ -348,10 +348,8 @@ class InSilicoPerturber:
         model.to(device)
         ds = load_tokenized(input_data_file)
         sel = self._select(ds)
-        try:
-            validate_sequences(sel.seqs, model, what=f"{input_data_file}")
-        except InputError as exc:
-            raise InputError(f"{exc}") from None
+        validate_sequences(sel.seqs, model, what=f"{input_data_file}" if isinstance(input_data_file, (str, os.PathLike))
+                           else "the dataset")
         settings = self._settings(model, sel)
         state_labels = [str(s) for s in self.state_list] or None
         state_embs = None
