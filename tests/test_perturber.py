@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pickle
 import re
 
 import numpy as np
@@ -687,6 +686,31 @@ def test_perturb_api_on_anndata(mini_v1, data_dir):
     gf = Geneformer(GeneformerConfig(model_name="mini", vocab="V1", batch_size=None), model=mini_v1)
     df2 = gf.perturb(adata, ["LYZ"], "overexpress", emb_mode="cell", max_ncells=5, progress=False)
     np.testing.assert_allclose(df2["value"], df["value"], atol=1e-6)
+
+
+def test_classifier_model_types_use_the_same_encoder(gold, cells_v1, tmp_path):
+    kw = dict(emb_mode="cell", model_version="V1")
+    _run(tmp_path / "p", gold / "models" / "mini-V1", cells_v1, **kw)
+    _run(tmp_path / "c", gold / "models" / "mini-V1", cells_v1, model_type="CellClassifier", num_classes=3, **kw)
+    _run(tmp_path / "g", gold / "models" / "mini-V1", cells_v1, model_type="GeneClassifier", num_classes=2, **kw)
+    ref = _raw(tmp_path / "p", "cell")
+    for sub in ("c", "g"):
+        mine = _raw(tmp_path / sub, "cell")
+        assert set(mine) == set(ref)
+        for k in ref:
+            np.testing.assert_allclose(mine[k], ref[k], atol=1e-6)
+
+
+def test_perturb_api_computes_state_embeddings(mini_v2, cells_v2, tmp_path):
+    from geneformer.perturb import perturb
+
+    df = perturb(cells_v2, mini_v2, "all", state_key="condition", start_state="ctrl", goal_state="stim",
+                 output_dir=tmp_path, prefix="goal", progress=False)
+    assert (tmp_path / "state_embs.pkl").is_file()
+    assert set(df["state"]) == {"ctrl", "stim"} and df["affected"].isna().all()
+    n_ctrl = sum(c == "ctrl" for c in cells_v2["condition"])
+    assert df["cell"].nunique() == n_ctrl
+    assert df["perturbed_gene"].str.startswith("ENSG").all()
 
 
 def test_cli_perturb(gold, cells_v1, tmp_path):

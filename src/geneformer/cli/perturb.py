@@ -37,7 +37,8 @@ def perturb_command(
     prefix: str = typer.Option(..., "--prefix", help="Name of this run's outputs."),
     perturb_type: str = typer.Option("delete", "--type", help="delete, overexpress, inhibit or activate."),
     genes: List[str] = typer.Option(
-        [], "--genes", "-g", help="Gene perturbed (Ensembl ID or symbol; repeat: perturbed together); default all."
+        [], "--genes", "-g",
+        help="Gene to perturb (Ensembl ID or symbol; repeat: perturbed together), or 'all' (default: each gene)."
     ),
     rank_shift: Optional[int] = typer.Option(None, "--rank-shift", help="inhibit/activate: quartiles moved (1-3)."),
     emb_mode: Optional[str] = typer.Option(
@@ -67,9 +68,10 @@ def perturb_command(
     from ..perturb.run import perturb
     from ..vocab import VocabularyError
 
+    chosen = "all" if not genes or [g.lower() for g in genes] == ["all"] else list(genes)
     try:
         path = perturb(
-            dataset, model, list(genes) if genes else "all", perturb_type, emb_mode=emb_mode, rank_shift=rank_shift,
+            dataset, model, chosen, perturb_type, emb_mode=emb_mode, rank_shift=rank_shift,
             combos=combos, anchor_gene=anchor, state_key=state_key, start_state=start_state, goal_state=goal_state,
             alt_states=list(alt_state), state_embs=state_embs, max_ncells=max_ncells, emb_layer=emb_layer,
             model_version=model_version, batch_size=batch_size, device=device, dtype=dtype, output_dir=output,

@@ -363,6 +363,9 @@ def run_part(
             if orig_vec is not None:
                 orig_vec[rows_t] = (hidden[:, 0] if s.cls else _masked_mean(hidden, lens, s.special)).float()
         orig_state_cos = _cos(orig_vec[:, None, :], S[None]) if S is not None else None  # (n_local, S)
+        if bank is not None:
+            # each original gene row is compared with every perturbation of its cell: normalise it once
+            bank = bank / torch.linalg.vector_norm(bank, dim=-1, keepdim=True).clamp_min(EPS)
 
         # 2. perturbed sequences, batched by length across genes and cells
         n_rows = plan.n_rows
@@ -385,8 +388,9 @@ def run_part(
                 flat_t = torch.from_numpy(flat).to(device)
                 local_t = torch.from_numpy(local).to(device)
                 pert_rows = hidden[local_t, torch.from_numpy(plan.cmp_pert_pos[flat]).to(device)]
-                orig_rows = bank[torch.from_numpy(plan.cmp_bank[flat]).to(device)]
-                gcos = _cos(pert_rows, orig_rows)
+                orig_unit = bank[torch.from_numpy(plan.cmp_bank[flat]).to(device)]
+                pert_rows = pert_rows.float()
+                gcos = (pert_rows * orig_unit).sum(-1) / torch.linalg.vector_norm(pert_rows, dim=-1).clamp_min(EPS)
                 gene_values[flat_t] = gcos
             if S is not None:
                 vec = first if s.cls else _masked_mean(hidden, lens, s.special)

@@ -21,6 +21,12 @@ Differences from the reference (all deliberate):
   parts r, r+world, ...; rank 0 merges.
 * ``<cls>``/``<eos>`` are read from the cells (the reference trusted the dictionary); with them,
   the "cell" modes average the genes between the two.
+* ``filter_data`` matches values by equality (the reference's string values matched substrings).
+
+Several processes: launch the same script with ``torchrun --nproc-per-node N script.py`` (or set
+``RANK``/``WORLD_SIZE``); each rank computes its share of the parts on its own GPU (``LOCAL_RANK``)
+and writes them to the shared parts folder; rank 0 waits for all parts (a barrier when a process
+group is initialised, else by polling the folder) and writes the final outputs.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from ..models.loading import (
     resolve_dtype,
 )
 from . import transforms as T
-from .engine import EMB_MODES, RunSettings, build_part, n_perturbations, plan_parts, run_part
+from .engine import EMB_MODES, RunSettings, build_part, plan_parts, run_part
 from .selection import CellSelection, select_cells
 from .store import RunStore, fingerprint, part_table, raw_file_names
 
@@ -348,10 +354,8 @@ class InSilicoPerturber:
         model.to(device)
         ds = load_tokenized(input_data_file)
         sel = self._select(ds)
-        try:
-            validate_sequences(sel.seqs, model, what=f"{input_data_file}")
-        except InputError as exc:
-            raise InputError(f"{exc}") from None
+        validate_sequences(sel.seqs, model, what=f"{input_data_file}" if isinstance(input_data_file, (str, os.PathLike))
+                           else "the dataset")
         settings = self._settings(model, sel)
         state_labels = [str(s) for s in self.state_list] or None
         state_embs = None
@@ -370,9 +374,14 @@ class InSilicoPerturber:
         names = raw_file_names(out_dir, opp, self.tokens_to_perturb)
         if self.resume and store.final_fingerprint() == fp:
             logger.info("%s is already complete; nothing to do.", store.final)
-            if rank == 0 and self.write_raw and not names["cell"].is_file():
+            if rank != 0:
+                return None
+            wanted = [names["cell"]] + ([names["gene"]] if settings.gene_level else [])
+            if self.write_raw and not all(p.is_file() for p in wanted):  # a crash after the table was written
                 store.write_raw(names, self._state_objects())
-            return store.final if rank == 0 else None
+            if not self.keep_parts:
+                store.remove_parts()
+            return store.final
 
         parts = plan_parts(sel.seqs.lengths, settings, int(self.clear_mem_ncells))
         max_pert_len = int(sel.seqs.lengths.max()) + (len(self.tokens_to_perturb or ())

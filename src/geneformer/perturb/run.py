@@ -113,7 +113,6 @@ def perturb(
         The tidy DataFrame (``perturbed``, gene IDs/symbols, ``affected``, ``state``, ``cell``, ``row``
         — the row in ``data`` — ``cell_id``, ``value``), or the parquet path.
     """
-    from ..data_ops import load_tokenized
     from ..models.loading import load_model, model_vocab_version
     from .perturber import InSilicoPerturber
 

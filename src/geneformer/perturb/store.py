@@ -247,7 +247,7 @@ class RunStore:
         os.replace(tmp, self.final)
         return self.final
 
-    def iter_final(self, rows_per_batch: int = 1 << 20):
+    def iter_final(self, rows_per_batch: int = 1 << 23):
         """The finished tidy table in record batches (as tables)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -277,17 +277,18 @@ class RunStore:
                 state_code = np.array([lookup.get(x, -1) for x in labels], dtype=np.int64)
                 states = list(state_objects.values())
                 sel = np.flatnonzero(is_cell)
-                for (k, sc), vals in _grouped(keys[sel], state_code[sel], values[sel]):
+                ks, scs, chunks = _grouped(keys[sel], state_code[sel], values[sel])
+                for k, sc, vals in zip(ks, scs, chunks):
                     cell[states[sc]][(key_objs[k], CELL_EMB)].extend(vals)
             else:
                 sel = np.flatnonzero(is_cell)
-                for (k, _), vals in _grouped(keys[sel], np.zeros(len(sel), np.int64), values[sel]):
-                    cell[(key_objs[k], CELL_EMB)].extend(vals)
+                ks, _, chunks = _grouped(keys[sel], np.zeros(len(sel), np.int64), values[sel])
+                _extend(cell, [(key_objs[k], CELL_EMB) for k in ks], chunks)
             sel = np.flatnonzero(~is_cell)
             if len(sel):
                 has_gene = True
-                for (k, a), vals in _grouped(keys[sel], affected[sel], values[sel]):
-                    gene[(key_objs[k], int(a))].extend(vals)
+                ks, affs, chunks = _grouped(keys[sel], affected[sel], values[sel])
+                _extend(gene, zip(map(key_objs.__getitem__, ks), affs), chunks)
         written = [_save_pickle(cell, names["cell"])]
         if has_gene:
             written.append(_save_pickle(gene, names["gene"]))
@@ -314,21 +315,27 @@ def _key_codes(col) -> tuple[np.ndarray, list]:
     return np.asarray(inv).reshape(-1).astype(np.int64), [tuple(int(x) for x in u) for u in uniq]
 
 
-def _grouped(a: np.ndarray, b: np.ndarray, values: np.ndarray) -> Iterable[tuple[tuple[int, int], list]]:
-    """Groups of equal (a, b) in order of first appearance, each with its values in row order."""
+def _grouped(a: np.ndarray, b: np.ndarray, values: np.ndarray) -> tuple[list, list, list]:
+    """Groups of equal (a, b): (a per group, b per group, values per group in row order)."""
     if len(a) == 0:
-        return []
+        return [], [], []
     comp = a.astype(np.int64) * (int(b.max()) + 2) + (b.astype(np.int64) + 1)
-    uniq, first, inv = np.unique(comp, return_index=True, return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(inv, minlength=len(uniq)))])
+    order = np.argsort(comp, kind="stable")  # stable: each group's values stay in row (cell) order
+    sorted_comp = comp[order]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_comp[1:] != sorted_comp[:-1]]))
+    bounds = np.append(starts, len(order)).tolist()
     vals = values[order].tolist()
-    group_order = np.argsort(first, kind="stable")
-    out = []
-    for g in group_order.tolist():
-        row = first[g]
-        out.append(((int(a[row]), int(b[row])), vals[bounds[g]: bounds[g + 1]]))
-    return out
+    first = order[starts]
+    chunks = list(map(vals.__getitem__, map(slice, bounds[:-1], bounds[1:])))  # C-level loop
+    return a[first].tolist(), b[first].tolist(), chunks
+
+
+def _extend(target: dict, keys: Iterable, chunks: list) -> None:
+    if not target:
+        target.update(zip(keys, chunks))
+        return
+    for k, v in zip(keys, chunks):
+        target[k].extend(v)
 
 
 def _save_pickle(obj: Any, path: Path) -> Path:
