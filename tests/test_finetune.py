@@ -141,7 +141,8 @@ def test_class_ids_reproducible_across_hash_seeds(pbmc, tmp_path):
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
         outs.append(res.stdout.strip().splitlines()[-1])
-        assert (tmp_path / seed / "x_id_class_dict.pkl").read_bytes() == (tmp_path / "1" / "x_id_class_dict.pkl").read_bytes()
+        first = (tmp_path / "1" / "x_id_class_dict.pkl").read_bytes()
+        assert (tmp_path / seed / "x_id_class_dict.pkl").read_bytes() == first
     assert outs[0] == outs[1] == str({0: "B", 1: "CD14+ Mono", 2: "NK"})
 
 
@@ -221,6 +222,21 @@ def test_cell_classifier_end_to_end(pbmc, tiny_v1, tmp_path):
         cc.train_classifier(tiny_v1, 3, select_rows(ds, range(20)), None, ksplit)
 
 
+def test_resume_from_checkpoint(pbmc, tiny_v1, tmp_path):
+    from geneformer.train.classifier_data import select_rows
+
+    paths = _cell_classifier().prepare_data(pbmc, tmp_path, "r", test_size=0.2)
+    ds = select_rows(datasets.load_from_disk(str(paths["train"])), range(48))
+    first = _cell_classifier().train_classifier(tiny_v1, 3, ds, None, tmp_path / "m")
+    steps = first.state.global_step
+    more = _cell_classifier(resume_from_checkpoint=True, training_args={
+        "num_train_epochs": 2, "per_device_train_batch_size": 16, "learning_rate": 1e-3})
+    second = more.train_classifier(tiny_v1, 3, ds, None, tmp_path / "m")
+    assert second.state.global_step == 2 * steps
+    with pytest.raises(ValueError, match="No checkpoint"):
+        more.train_classifier(tiny_v1, 3, ds, None, tmp_path / "empty")
+
+
 def test_cross_validation_five_folds(pbmc, tiny_v1, tmp_path):
     cc = _cell_classifier(num_crossval_splits=5)
     paths = cc.prepare_data(pbmc, tmp_path, "cv", test_size=0.2)
@@ -291,6 +307,23 @@ def test_gene_classifier_end_to_end(pbmc, tiny_v1, vocab_v1, tmp_path, caplog):
     assert (out / "g_test_metrics_dict.pkl").is_file()
     path = gc.plot_roc({"tiny": roc}, {"tiny": {"color": "red"}}, "ROC", tmp_path, "g")
     assert path.name == "g_roc.pdf" and path.stat().st_size > 0
+
+
+def test_gene_train_all_data_and_predict(pbmc, tiny_v1, vocab_v1, tmp_path):
+    from geneformer import Classifier
+    from geneformer.train.finetune import predict
+
+    gc = Classifier(classifier="gene", gene_class_dict=_gene_class_dict(pbmc, vocab_v1, n=6), model_version="V1",
+                    training_args={"num_train_epochs": 1, "per_device_train_batch_size": 16}, progress=False)
+    paths = gc.prepare_data(pbmc, tmp_path, "all")
+    trainer = gc.train_all_data(tiny_v1, paths["labeled"], paths["id_class_dict"], tmp_path, "all")
+    folder = Path(trainer.args.output_dir)
+    assert (folder / "model.safetensors").is_file()
+    table = predict(pbmc, folder, tmp_path / "genes.csv", progress=False)
+    assert {"gene", "token_id", "n_positions", "pred_label", "prob_dosage_sensitive"} <= set(table.columns)
+    assert table["gene"].str.startswith("ENSG").all()
+    assert set(table["pred_label"]) <= {"dosage_sensitive", "dosage_insensitive"}
+    np.testing.assert_allclose(table[["prob_dosage_sensitive", "prob_dosage_insensitive"]].sum(1), 1, atol=1e-5)
 
 
 def test_gene_cross_validation_partitions_genes():

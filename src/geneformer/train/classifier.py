@@ -20,7 +20,6 @@ dictionary are listed and dropped; cross-validation folds are stratified (by pat
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 import os
@@ -193,7 +192,8 @@ class Classifier:
             states = self.cell_state_dict["states"]
             if states != "all":
                 if isinstance(states, str) or not isinstance(states, Sequence) or len(set(states)) < 2:
-                    raise ValueError(f"cell_state_dict['states'] must be 'all' or a list of >= 2 states, got {states!r}.")
+                    raise ValueError(
+                        f"cell_state_dict['states'] must be 'all' or a list of >= 2 states, got {states!r}.")
                 self.filter_data = dict(self.filter_data or {})
                 key = self.cell_state_dict["state_key"]
                 if key in self.filter_data:
@@ -223,7 +223,8 @@ class Classifier:
         if not isinstance(self.rare_threshold, (int, float)) or not 0 <= self.rare_threshold < 1:
             raise ValueError(f"rare_threshold must be a fraction in [0, 1), got {self.rare_threshold!r}.")
         if not isinstance(self.num_crossval_splits, (int, np.integer)) or self.num_crossval_splits < 0:
-            raise ValueError(f"num_crossval_splits must be 0 (train on all data), 1 or k >= 2, got {self.num_crossval_splits!r}.")
+            raise ValueError("num_crossval_splits must be 0 (train on all data), 1 or k >= 2, "
+                             f"got {self.num_crossval_splits!r}.")
         if not isinstance(self.freeze_layers, (int, np.integer)) or self.freeze_layers < 0:
             raise ValueError(f"freeze_layers must be an integer >= 0, got {self.freeze_layers!r}.")
         sizes = self.split_sizes
@@ -451,7 +452,8 @@ class Classifier:
         flat = np.concatenate([np.asarray(x, dtype=np.int64).ravel() for x in labels]) if self.classifier == "gene" \
             else labels.astype(np.int64)
         if flat.max(initial=-1) >= num_classes:
-            raise cd.ClassifierDataError(f"The training labels go up to {int(flat.max())} but num_classes={num_classes}.")
+            raise cd.ClassifierDataError(
+                f"The training labels go up to {int(flat.max())} but num_classes={num_classes}.")
         from .classifier_trainer import ClassifierTrainer, freeze_encoder_layers, trainer_metrics
 
         n_freeze = (overrides or {}).get("freeze_layers", self.freeze_layers)
@@ -750,7 +752,8 @@ class Classifier:
                             len(test_ds) if test_ds is not None else 0)
             model = self._train_or_search(model_directory, num_classes, train_ds, eval_ds, ksplit,
                                           n_hyperopt_trials, False)
-            results.append(self.evaluate_model(model, num_classes, id_class_dict, eval_ds, predict_eval, ksplit, prefix))
+            results.append(self.evaluate_model(model, num_classes, id_class_dict, eval_ds, predict_eval, ksplit,
+                                               prefix))
             if test_ds is not None:
                 test_results.append(self.evaluate_model(model, num_classes, id_class_dict, test_ds, predict_eval,
                                                         ksplit, f"{prefix}_test"))

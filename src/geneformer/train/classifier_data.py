@@ -287,7 +287,8 @@ def _attr_pvalue(train: pd.Series, evals: pd.Series) -> tuple[float, Any, Any]:
     kinds = {type(v) for v in both.dropna()}
     if len(kinds) > 1:
         raise ClassifierDataError(
-            f"Attribute {train.name!r} mixes types {sorted(k.__name__ for k in kinds)}; make it all numbers or all text."
+            f"Attribute {train.name!r} mixes types {sorted(k.__name__ for k in kinds)}; "
+            "make it all numbers or all text."
         )
     cats = sorted_labels(both.dropna())
     tc = train.value_counts().reindex(cats, fill_value=0)
@@ -351,7 +352,8 @@ def balance_attr_splits(
                 if members and len(base) < eval_num:
                     base.append(members[int(rng.integers(len(members)))])
         rest = [i for i in ids if i not in set(base)]
-        extra = list(rng.choice(np.array(rest, dtype=object), eval_num - len(base), replace=False)) if eval_num > len(base) else []
+        n_extra = eval_num - len(base)
+        extra = list(rng.choice(np.array(rest, dtype=object), n_extra, replace=False)) if n_extra > 0 else []
         eval_ids = sorted_labels(base + extra)
         train_ids = [i for i in ids if i not in set(eval_ids)]
         row: dict[str, Any] = {"trial_num": trial, "train_ids": train_ids, "eval_ids": eval_ids}

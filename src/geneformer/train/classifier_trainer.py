@@ -25,7 +25,8 @@ def trainer_metrics(eval_pred) -> dict[str, float]:
     y, p = labels[keep], preds[keep]
     if len(y) == 0:
         return {"accuracy": float("nan"), "macro_f1": float("nan")}
-    return {"accuracy": float(accuracy_score(y, p)), "macro_f1": float(f1_score(y, p, average="macro", zero_division=0))}
+    return {"accuracy": float(accuracy_score(y, p)),
+            "macro_f1": float(f1_score(y, p, average="macro", zero_division=0))}
 
 
 class ClassifierTrainer(Trainer):

@@ -181,7 +181,8 @@ def save_predictions(pred: Predictions, data: Any, id_class_dict: Mapping[int, A
                      output_prefix: str, predict_metadata: Sequence[str] | None = None,
                      token_names: Mapping[int, str] | None = None) -> Path:
     """Write ``{prefix}_pred_dict.pkl`` (reference keys plus ``cell_ids``) and ``{prefix}_predictions.csv``."""
-    keep = pred.label_ids != IGNORE_INDEX if (pred.label_ids != IGNORE_INDEX).any() else np.ones(len(pred.label_ids), bool)
+    labelled = pred.label_ids != IGNORE_INDEX
+    keep = labelled if labelled.any() else np.ones(len(pred.label_ids), bool)  # unlabelled data: keep all
     rows = pred.cell_rows[keep]
     id_col = cell_id_column(data) if hasattr(data, "column_names") else None
     cell_ids = np.asarray(column(data, id_col), dtype=object)[rows].tolist() if id_col else rows.tolist()

@@ -41,7 +41,8 @@ def check_quantization_available() -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
-        raise QuantizationError(CPU_QUANT_MESSAGE + " (bitsandbytes is not installed: pip install bitsandbytes)") from exc
+        raise QuantizationError(
+            CPU_QUANT_MESSAGE + " (bitsandbytes is not installed: pip install bitsandbytes)") from exc
 
 
 def bnb_config(bits: int = 4):

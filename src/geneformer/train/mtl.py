@@ -122,7 +122,8 @@ class GeneformerMultiTask(nn.Module):
             nn.init.xavier_uniform_(head.weight)
             nn.init.zeros_(head.bias)
         self.use_task_weights = bool(use_task_weights)
-        weights = list(task_weights) if (use_task_weights and task_weights is not None) else [1.0] * len(num_labels_list)
+        use = use_task_weights and task_weights is not None
+        weights = list(task_weights) if use else [1.0] * len(num_labels_list)
         if len(weights) != len(self.num_labels_list):
             raise ValueError(f"{len(weights)} task weights for {len(self.num_labels_list)} tasks.")
         self.register_buffer("task_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
@@ -204,7 +205,8 @@ class GeneformerMultiTask(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}  # reference files carry one
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{folder}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]}).")
+            raise ValueError(
+                f"{folder}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]}).")
         model.hyperparameters = hp
         return model.eval()
 
@@ -531,7 +533,8 @@ class MTLClassifier:
 
     # ---- options -------------------------------------------------------------------------------
     def validate_options(self) -> None:
-        if self.task_columns is not None and (not self.task_columns or not all(isinstance(c, str) for c in self.task_columns)):
+        cols = self.task_columns
+        if cols is not None and (not cols or not all(isinstance(c, str) for c in cols)):
             raise ValueError(f"task_columns must be a non-empty list of column names, got {self.task_columns!r}.")
         for name in ("batch_size", "n_trials", "epochs", "gradient_accumulation_steps"):
             v = getattr(self, name)
@@ -545,7 +548,8 @@ class MTLClassifier:
                 raise ValueError(f"max_layers_to_freeze must be None, an int or {{'min': a, 'max': b}}, got {mlf!r}.")
         for name, spec in self.hyperparameters.items():
             if isinstance(spec, Mapping) and spec.get("type") not in ("float", "int", "categorical"):
-                raise ValueError(f"hyperparameters[{name!r}] type must be 'float', 'int' or 'categorical', got {spec!r}.")
+                raise ValueError(
+                    f"hyperparameters[{name!r}] type must be 'float', 'int' or 'categorical', got {spec!r}.")
         if self.use_wandb:
             try:
                 import wandb  # noqa: F401
@@ -632,7 +636,8 @@ class MTLClassifier:
             elif spec["type"] == "int":
                 params[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
             else:
-                params[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+                params[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]),
+                                                   log=bool(spec.get("log")))
         tw = self.hyperparameters.get("task_weights")
         if self.use_task_weights and isinstance(tw, Mapping):
             raw = [trial.suggest_float(f"task_weight_{i}", float(tw["low"]), float(tw["high"])) for i in range(n_tasks)]
