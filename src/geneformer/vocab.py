@@ -19,6 +19,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from .safe_pickle import load_plain
+
 logger = logging.getLogger(__name__)
 
 HUB_REPO_ID = "ctheodoris/Geneformer"
@@ -132,23 +134,6 @@ def _download_from_hub(version: str, name: str) -> Path:
     return target
 
 
-class _DictUnpickler(pickle.Unpickler):
-    """Unpickles plain dictionaries (and numpy scalars) only, refusing arbitrary objects."""
-
-    _allowed = {
-        ("builtins", "dict"), ("builtins", "list"), ("builtins", "set"), ("builtins", "tuple"),
-        ("collections", "OrderedDict"), ("collections", "defaultdict"),
-        ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._allowed:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dictionary pickle")
-
-
 def load_dict_file(path: str | os.PathLike) -> dict:
     """Load a dictionary from a published pickle or from JSON, by extension."""
     p = Path(path)
@@ -157,7 +142,7 @@ def load_dict_file(path: str | os.PathLike) -> dict:
             with open(p) as fh:
                 return json.load(fh)
         with open(p, "rb") as fh:
-            obj = _DictUnpickler(fh).load()
+            obj = load_plain(fh, "a dictionary pickle")
     except (OSError, pickle.UnpicklingError, EOFError, json.JSONDecodeError) as exc:
         raise VocabularyError(f"Could not read dictionary file {p}: {exc}") from exc
     if not isinstance(obj, dict):

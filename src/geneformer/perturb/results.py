@@ -39,6 +39,7 @@ from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
+from ..safe_pickle import load_plain
 
 logger = logging.getLogger(__name__)
 
@@ -69,30 +70,12 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # raw pickles
 # ---------------------------------------------------------------------------------------------
-class _RawUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy scalars only, refusing arbitrary objects."""
-
-    _allowed = {
-        ("builtins", "dict"), ("builtins", "list"), ("builtins", "set"), ("builtins", "tuple"),
-        ("builtins", "int"), ("builtins", "float"), ("builtins", "str"),
-        ("collections", "OrderedDict"), ("collections", "defaultdict"),
-        ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._allowed:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a perturbation result pickle")
-
-
 def load_raw(path: str | os.PathLike) -> dict:
     """Load one raw result pickle (a dictionary; see the module docstring)."""
     p = Path(path)
     try:
         with open(p, "rb") as fh:
-            obj = _RawUnpickler(fh).load()
+            obj = load_plain(fh, "a perturbation result pickle")
     except (OSError, pickle.UnpicklingError, EOFError) as exc:
         raise ValueError(f"Could not read perturbation results from {p}: {exc}") from exc
     if not isinstance(obj, dict):

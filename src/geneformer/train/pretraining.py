@@ -32,7 +32,8 @@ import torch
 from transformers import BertConfig, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..vocab import CLS, EOS, GeneVocab, _DictUnpickler, as_vocab
+from ..safe_pickle import load_plain
+from ..vocab import CLS, EOS, GeneVocab, as_vocab
 from .architectures import load_config, preset_vocab_version
 from .collators import IGNORE_INDEX, DataCollatorForMaskedGenes
 from .mlm import GeneformerForMaskedLM
@@ -180,7 +181,7 @@ def check_corpus(dataset, *, vocab_size: int, has_cls_eos: bool, cls_id: int | N
 def _load_lengths_file(path: str | os.PathLike) -> np.ndarray:
     try:
         with open(path, "rb") as fh:
-            obj = _DictUnpickler(fh).load()
+            obj = load_plain(fh, "a lengths pickle")
     except (OSError, pickle.UnpicklingError, EOFError) as exc:
         raise ValueError(f"Could not read example_lengths_file {path}: {exc}") from exc
     try:
