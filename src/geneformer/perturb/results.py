@@ -39,6 +39,7 @@ from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
+
 from ..safe_pickle import load_plain
 
 logger = logging.getLogger(__name__)
