@@ -20,3 +20,11 @@ def test_demo_runs(tmp_path):
     assert (tmp_path / "demo" / "goal_state_shift.csv").stat().st_size > 0
     assert (tmp_path / "demo" / "report.txt").read_text().startswith("Geneformer demo")
     assert (tmp_path / "demo" / "pbmc68k.dataset").is_dir()
+
+
+def test_demo_with_a_model_folder(golden_dir, tmp_path, monkeypatch):
+    # GENEFORMER_MODEL replaces the demo's own vocabulary and pretraining with a (published) model
+    monkeypatch.setenv("GENEFORMER_MODEL", str(golden_dir / "models" / "mini-V1"))
+    report = run(tmp_path / "demo", finetune_epochs=0.2)
+    assert report["vocab_size"] == 25426 and report["tokenized"] == 700
+    assert report["perturbations"] > 0 and (tmp_path / "demo" / "goal_state_shift.csv").exists()
