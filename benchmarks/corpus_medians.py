@@ -6,6 +6,8 @@ Prints cells/s per reader (full pass in chunks) and per median mode (exact, t-di
 
 from __future__ import annotations
 
+import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isolate.py)
+
 import argparse
 import tempfile
 import time

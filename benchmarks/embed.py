@@ -12,6 +12,8 @@ embeddings.
 
 from __future__ import annotations
 
+import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isolate.py)
+
 import argparse
 import os
 import sys

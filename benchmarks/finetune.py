@@ -21,13 +21,10 @@ and wall time of each step, plus fp32 vs int8-dynamic-quantized inference on the
 
 from __future__ import annotations
 
-import os
-import sys
+import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isolate.py)
 
-# benchmarks/tokenize.py would shadow the standard library's ``tokenize`` (logging and pandas import
-# it): drop this folder from the import path before anything imports it
-_HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
+import os  # noqa: E402
+import sys  # noqa: E402
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -40,7 +37,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-HERE = Path(_HERE)
+HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("GENEFORMER_SHARED_DIR", HERE.parents[0].parent / "shared"))
 TIMES: dict[str, tuple[float, float]] = {}
 

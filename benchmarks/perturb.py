@@ -19,6 +19,8 @@ multi-threaded BLAS much slower (try --threads 1).
 
 from __future__ import annotations
 
+import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isolate.py)
+
 import argparse
 import os
 import shutil
@@ -28,8 +30,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# benchmarks/tokenize.py would shadow the standard library's tokenize module (torch imports it)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import numpy as np  # noqa: E402
 KANG_STATES = {"state_key": "condition", "start_state": "ctrl", "goal_state": "stim", "alt_states": []}

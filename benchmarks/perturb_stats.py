@@ -11,6 +11,8 @@ synthesises 3 cells of N genes instead (e.g. 2000: ~12 M values).
 
 from __future__ import annotations
 
+import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isolate.py)
+
 import argparse
 import os
 import re

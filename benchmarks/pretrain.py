@@ -18,6 +18,8 @@ shows the effect of dynamic padding as well.
 
 from __future__ import annotations
 
+import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isolate.py)
+
 import argparse
 import copy
 import os

@@ -12,13 +12,10 @@ Needs the published dictionaries: GENEFORMER_DICTS_DIR (default ../shared/dicts)
 
 from __future__ import annotations
 
-import os
-import sys
+import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isolate.py)
 
-# this file is named like the stdlib module `tokenize`: keep its folder off the import path
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
+import os  # noqa: E402
+import sys  # noqa: E402
 import argparse  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import shutil  # noqa: E402
