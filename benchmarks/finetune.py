@@ -24,7 +24,6 @@ from __future__ import annotations
 import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isolate.py)
 
 import os  # noqa: E402
-import sys  # noqa: E402
 
 import argparse  # noqa: E402
 import logging  # noqa: E402

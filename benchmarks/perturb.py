@@ -24,7 +24,6 @@ import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isol
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -10,7 +10,7 @@ ties in column order. The result equals ``argsort(-v, kind="stable")`` row by ro
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _BITS = 11
 _BINS = 1 << _BITS

@@ -814,7 +814,6 @@ class Classifier:
         train_data, eval_data = self._load(train_data), self._load(eval_data)
         probe = self._load_training_model(model_directory, num_classes)
         n_layers = int(probe.config.num_hidden_layers)
-        defaults = self.default_training_args(probe, len(train_data))
         del probe
         epochs = int(self.training_args.get("num_train_epochs", 1))
         bs = int(self.training_args.get("per_device_train_batch_size", 12))

@@ -33,7 +33,7 @@ from transformers import BertConfig, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..safe_pickle import load_plain
-from ..vocab import CLS, EOS, GeneVocab, as_vocab
+from ..vocab import GeneVocab, as_vocab
 from .architectures import load_config, preset_vocab_version
 from .collators import IGNORE_INDEX, DataCollatorForMaskedGenes
 from .mlm import GeneformerForMaskedLM
