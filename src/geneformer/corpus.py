@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from .io import CellReader, InputFileError, open_reader
+from .safe_pickle import dump_atomic
 from .vocab import CLS, EOS, MASK, PAD, GeneVocab
 
 logger = logging.getLogger(__name__)
@@ -539,13 +540,6 @@ def build_vocab(
     return GeneVocab(token_dict, valid, name_id, mapping, version=None)
 
 
-def _atomic_pickle(obj, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        pickle.dump(obj, fh)
-    os.replace(tmp, target)
-
-
 def write_vocab(vocab: GeneVocab, folder: str | os.PathLike, name: str = "custom", *,
                 counts: Mapping[str, int] | None = None, formats: Sequence[str] = ("json", "pickle")) -> Path:
     """Write a vocabulary as JSON (:meth:`GeneVocab.save`) and/or as published-style pickles.
@@ -565,7 +559,7 @@ def write_vocab(vocab: GeneVocab, folder: str | os.PathLike, name: str = "custom
     if "pickle" in formats:
         for stem, obj in (("token_dictionary", vocab.token_dict), ("gene_median_dictionary", vocab.gene_medians),
                           ("gene_name_id_dict", vocab.gene_name_id), ("ensembl_mapping_dict", vocab.ensembl_mapping)):
-            _atomic_pickle(dict(obj), folder / f"{stem}_{name}.pkl")
+            dump_atomic(dict(obj), folder / f"{stem}_{name}.pkl")
     if counts is not None:
         genes = sorted(set(vocab.gene_medians) | set(counts))
         table = pd.DataFrame({

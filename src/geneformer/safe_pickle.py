@@ -6,7 +6,9 @@ file can run code, so only the classes plain data needs are allowed.
 
 from __future__ import annotations
 
+import os
 import pickle
+from pathlib import Path
 from typing import IO, Any
 
 _ALLOWED = {
@@ -35,3 +37,14 @@ def load_plain(fh: IO[bytes], what: str = "a data pickle") -> Any:
     unpickler = PlainDataUnpickler(fh)
     unpickler.what = what
     return unpickler.load()
+
+
+def dump_atomic(obj: Any, path: "str | os.PathLike", protocol: int | None = None) -> Path:
+    """Pickle ``obj`` to ``path`` under a temporary name, then rename (never a half-written file)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        pickle.dump(obj, fh, protocol=protocol)
+    os.replace(tmp, p)
+    return p

@@ -7,11 +7,12 @@ running sum (a t-digest's untrimmed mean is the plain mean anyway).
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..safe_pickle import dump_atomic
 
 SUMMARY_STATS = (None, "mean", "median", "exact_mean", "exact_median")
 
@@ -70,7 +71,7 @@ class StreamingSummary:
     def save_digests(self, path: str | Path) -> None:
         """Pickle the per-dimension t-digests (as fastdigest dicts)."""
         digests = [d.to_dict() for d in self.digests] if self.digests else []
-        _atomic_pickle({"stat": self.stat, "n": self.n, "sum": self.total, "digests": digests}, path)
+        dump_atomic({"stat": self.stat, "n": self.n, "sum": self.total, "digests": digests}, path)
 
 
 class StreamingGeneSummary:
@@ -99,13 +100,4 @@ class StreamingGeneSummary:
     def save_digests(self, path: str | Path) -> None:
         payload = {t: {"n": s.n, "sum": s.total, "digests": [d.to_dict() for d in (s.digests or [])]}
                    for t, s in self.by_token.items()}
-        _atomic_pickle({"stat": self.stat, "genes": payload}, path)
-
-
-def _atomic_pickle(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(obj, fh)
-    tmp.replace(path)
+        dump_atomic({"stat": self.stat, "genes": payload}, path)

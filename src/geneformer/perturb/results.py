@@ -40,7 +40,7 @@ from typing import Iterable, Iterator, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from ..safe_pickle import load_plain
+from ..safe_pickle import dump_atomic, load_plain
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +86,7 @@ def load_raw(path: str | os.PathLike) -> dict:
 
 def save_raw(obj: dict, path: str | os.PathLike) -> Path:
     """Write a raw result dictionary as the reference does (atomically: temp name + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, p)
-    return p
+    return dump_atomic(obj, path, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def normalize_key(key):

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .results import CELL_EMB, RAW_SUFFIX
+from .results import CELL_EMB, RAW_SUFFIX, save_raw
 
 logger = logging.getLogger(__name__)
 
@@ -289,9 +288,9 @@ class RunStore:
                 has_gene = True
                 ks, affs, chunks = _grouped(keys[sel], affected[sel], values[sel])
                 _extend(gene, zip(map(key_objs.__getitem__, ks), affs), chunks)
-        written = [_save_pickle(cell, names["cell"])]
+        written = [save_raw(cell, names["cell"])]
         if has_gene:
-            written.append(_save_pickle(gene, names["gene"]))
+            written.append(save_raw(gene, names["gene"]))
         return written
 
     def remove_parts(self) -> None:
@@ -336,15 +335,6 @@ def _extend(target: dict, keys: Iterable, chunks: list) -> None:
         return
     for k, v in zip(keys, chunks):
         target[k].extend(v)
-
-
-def _save_pickle(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
-    return path
 
 
 def raw_file_names(directory: Path, output_path_prefix: str, tokens: Sequence[int] | None) -> dict[str, Path]:
