@@ -52,6 +52,17 @@ def _select(indptr, indices, data, cmap: np.ndarray | None, n_genes: int, n_rows
     return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_genes))
 
 
+def _barcode_obs(barcodes: np.ndarray, columns: list[str] | None, source: str) -> pd.DataFrame:
+    """The cell table of a 10x matrix: barcodes as index and ``cell_id``, the only attribute."""
+    obs = pd.DataFrame({"cell_id": barcodes}, index=pd.Index(barcodes))
+    if columns is None:
+        return obs
+    missing = [c for c in columns if c not in obs.columns]
+    if missing:
+        raise KeyError(f"{source} has no cell attribute(s) {missing}; available: ['cell_id'].")
+    return obs[list(columns)]
+
+
 class TenxH5Reader(CellReader):
     """Streams a Cell Ranger ``filtered_feature_bc_matrix.h5`` (v3+, or v2 with ``genome``) by barcode chunks.
 
@@ -123,13 +134,7 @@ class TenxH5Reader(CellReader):
             barcodes = read_h5_column(self._group["barcodes"]).astype(str)
         except OSError as exc:
             raise InputFileError(f"Could not read the barcodes of {self.describe()}: {exc}.") from exc
-        obs = pd.DataFrame({"cell_id": barcodes}, index=pd.Index(barcodes))
-        if columns is None:
-            return obs
-        missing = [c for c in columns if c not in obs.columns]
-        if missing:
-            raise KeyError(f"{self.describe()} has no cell attribute(s) {missing}; available: ['cell_id'].")
-        return obs[list(columns)]
+        return _barcode_obs(barcodes, columns, self.describe())
 
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         stop = min(stop, self._n)
@@ -236,13 +241,7 @@ class TenxMtxReader(CellReader):
         return ["cell_id"]
 
     def read_obs(self, columns: list[str] | None = None) -> pd.DataFrame:
-        obs = pd.DataFrame({"cell_id": self._barcodes}, index=pd.Index(self._barcodes))
-        if columns is None:
-            return obs
-        missing = [c for c in columns if c not in obs.columns]
-        if missing:
-            raise KeyError(f"{self.describe()} has no cell attribute(s) {missing}; available: ['cell_id'].")
-        return obs[list(columns)]
+        return _barcode_obs(self._barcodes, columns, self.describe())
 
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         return self._matrix()[start:stop]
