@@ -14,6 +14,22 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 
+def load_dataset_folder(path: str | os.PathLike):
+    """``datasets.load_from_disk`` (memory-mapped) with clear errors; a Dataset or a DatasetDict."""
+    import datasets
+
+    path = Path(os.fspath(path)).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"Tokenized dataset {path} does not exist.")
+    try:
+        return datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not a Hugging Face dataset folder (save_to_disk output) ({exc}). "
+            "Tokenize the cells first with `geneformer tokenize`."
+        ) from exc
+
+
 def load_tokenized(data: Any) -> "datasets.Dataset":  # noqa: F821
     """A tokenized dataset from a ``save_to_disk`` folder (or a Dataset, passed through)."""
     import datasets
@@ -22,15 +38,7 @@ def load_tokenized(data: Any) -> "datasets.Dataset":  # noqa: F821
         ds = data
     else:
         path = Path(os.fspath(data)).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"Tokenized dataset {path} does not exist.")
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"{path} is not a Hugging Face dataset folder (save_to_disk output) ({exc}). "
-                "Tokenize the cells first with `geneformer tokenize`."
-            ) from exc
+        ds = load_dataset_folder(path)
         if isinstance(ds, datasets.DatasetDict):
             if len(ds) != 1:
                 raise ValueError(f"{path} holds several splits {list(ds)}; pass one split's folder.")

@@ -32,6 +32,7 @@ import torch
 from transformers import BertConfig, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..data_ops import load_dataset_folder
 from ..safe_pickle import load_plain
 from ..vocab import GeneVocab, as_vocab
 from .architectures import load_config, preset_vocab_version
@@ -88,16 +89,7 @@ def load_corpus(data, *, compute_length: bool = False):
     import datasets
 
     if isinstance(data, (str, os.PathLike)):
-        path = Path(data).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"Tokenized dataset {path} does not exist.")
-        try:
-            data = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"{path} is not a Hugging Face dataset folder (save_to_disk format): {exc}. "
-                "Tokenize the data first (geneformer tokenize)."
-            ) from exc
+        data = load_dataset_folder(data)
     eval_ds = None
     if isinstance(data, datasets.DatasetDict):
         if "train" not in data:
