@@ -64,7 +64,10 @@ def _sort_row(keys, values, a, b, order, idx, tmp, hist):
 
 @njit(cache=True, nogil=True)
 def descending_order(values, indptr):
-    """Stable descending order of ``values`` within each row segment given by ``indptr``."""
+    """Stable descending order of ``values`` within each row segment given by ``indptr``.
+
+    ``encode_rows`` sorts through the same ``_sort_row``; this entry point exposes the sort alone
+    (tests check it against numpy's stable sort on crafted near-ties)."""
     n = values.shape[0]
     order = np.empty(n, dtype=np.int64)
     keys = values.view(np.uint64)

@@ -24,10 +24,9 @@ import scipy.sparse as sp
 TARGET_SUM = 10_000.0
 
 try:  # the compiled radix-sort kernel is ~5x faster than numpy's per-row argsort
-    from ._rank_kernel import descending_order as _compiled_order
     from ._rank_kernel import encode_rows as _compiled_encode
 except ImportError:  # pragma: no cover - numba missing
-    _compiled_order = _compiled_encode = None
+    _compiled_encode = None
 
 
 @dataclass
@@ -53,29 +52,17 @@ def _row_ids(indptr: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
 
 
-def normalized_values(counts: sp.csr_matrix, n_counts: np.ndarray, medians: np.ndarray,
-                      rows: np.ndarray | None = None) -> np.ndarray:
-    """``x / n_counts * 10,000 / median`` for every stored entry of ``counts`` (float64).
+def _scaled_counts(counts: sp.csr_matrix, n_counts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``(x * (1/n)) * 1e4`` per stored entry: normalised counts before the median.
 
-    Evaluated as ``((x * (1/n)) * 1e4) * (1/median)``, the reference's h5ad arithmetic, so that
-    near-ties round the same way.
-    """
-    if rows is None:
-        rows = _row_ids(counts.indptr)
+    The reference's h5ad arithmetic (multiplication by reciprocals), so that near-ties round the same
+    way; the value ranked is this times ``1/median``."""
     inv_n = 1.0 / np.asarray(n_counts, dtype=np.float64)
-    scaled = (counts.data.astype(np.float64, copy=False) * inv_n[rows]) * TARGET_SUM
-    return scaled * (1.0 / np.asarray(medians, dtype=np.float64))[counts.indices]
+    return (counts.data.astype(np.float64, copy=False) * inv_n[rows]) * TARGET_SUM
 
 
 def _descending_order(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """Within each row segment, positions sorted by value descending; ties keep their order."""
-    if _compiled_order is not None and len(values):
-        return _compiled_order(np.ascontiguousarray(values, dtype=np.float64), indptr.astype(np.int64))
-    return _descending_order_numpy(values, indptr)
-
-
-def _descending_order_numpy(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """Pure numpy fallback of the compiled kernel in ``_rank_kernel``.
+    """Numpy path (the compiled kernel in ``_rank_kernel`` does the same in one pass).
 
     numpy's default sort is faster but unstable, so only rows that contain equal values are
     re-sorted with the stable algorithm; such rows are rare (equal counts *and* equal medians).
@@ -146,11 +133,9 @@ def rank_value_encode(
             bool(keep_counts), np.asarray(column_map, dtype=np.int64),
         )
         return EncodedCells(tokens, offsets, cnt if keep_counts else None)
-    rows = _row_ids(counts.indptr)
-    values = normalized_values(counts, n_counts, medians, rows)
-    scaled = None
-    if keep_counts:
-        scaled = (counts.data.astype(np.float64) * (1.0 / np.asarray(n_counts, dtype=np.float64))[rows]) * TARGET_SUM
+    scaled_all = _scaled_counts(counts, n_counts, _row_ids(counts.indptr))
+    values = scaled_all * (1.0 / np.asarray(medians, dtype=np.float64))[counts.indices]
+    scaled = scaled_all if keep_counts else None
     keep = values > 0  # drops explicit zeros (and negative junk)
     indptr = counts.indptr.astype(np.int64)
     if not keep.all():
