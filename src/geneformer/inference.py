@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from .models.fast_encoder import fast_layer_forward, supports_fast_layer
 from .models.loading import model_input_size, n_layers, resolve_device, resolve_dtype
 from .models.zoo import vocab_version_for_size
 
@@ -268,15 +269,28 @@ def forward_hidden(
         mask = _key_padding_mask(base.config, hidden, attention_mask)
     atts: dict[int, torch.Tensor] = {}
     kept = hidden
+    fast_dtype, workspace = _fast_dtype(hidden), {}
     for i, block in enumerate(base.encoder.layer[: max((layer, *attention_layers))], start=1):
         if i in attention_layers:
             hidden, atts[i] = _layer_with_attention(block, hidden, mask, base.config)
+        elif supports_fast_layer(block, base.config):
+            sdpa_mask = None if mask is None else attention_mask.bool()[:, None, None, :]
+            hidden = fast_layer_forward(block, hidden, None if mask is None else attention_mask, sdpa_mask,
+                                        fast_dtype, workspace)
         else:
             out = block(hidden, mask)
             hidden = out[0] if isinstance(out, tuple) else out
         if i == layer:
             kept = hidden
     return kept, atts
+
+
+def _fast_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype the layers compute in: autocast's when it is on, else the hidden states'."""
+    kind = hidden.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return hidden.dtype
 
 
 def _key_padding_mask(config: Any, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

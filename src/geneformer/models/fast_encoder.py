@@ -1,0 +1,189 @@
+"""Inference-only forward of one BERT encoder layer, faster than the module's own on CPU.
+
+The arithmetic is the layer's own (post-LayerNorm BERT, absolute positions); what differs is how it
+is scheduled:
+
+- Q, K and V come from one matrix product with the three weights stacked, and residual additions
+  and the activation run in place, so that each layer allocates (and the OS faults in) far fewer
+  fresh activation buffers; on a small VM those page faults cost as much as the element-wise work.
+- In bf16/fp16 on CPU the layer runs in that dtype throughout (weights cast once and cached) instead
+  of autocast re-casting every weight and activation at every call, and attention is computed per
+  cell and head in query blocks, over the cell's own length only: two plain matrix products and a
+  softmax per block. PyTorch's fused CPU attention kernel has no fast bf16 path on CPUs without AMX,
+  while bf16 matrix products run at ~3x the fp32 rate (``benchmarks/embed.py``).
+- In fp32, and on GPU, attention is PyTorch's ``scaled_dot_product_attention`` with a broadcast key
+  mask, as in the module.
+
+Only plain ``BertLayer`` blocks in eval mode under ``no_grad``/``inference_mode`` are taken (see
+:func:`supports_fast_layer`); LoRA-wrapped, quantized or otherwise modified layers run their own
+forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Query rows per attention block of the blocked CPU attention: a block's scores (rows x length)
+#: stay in the core's cache at 2,048-4,096 genes.
+QUERY_BLOCK = 512
+
+def _activation(block: Any) -> str | None:
+    fn = block.intermediate.intermediate_act_fn
+    if isinstance(fn, nn.ReLU):
+        return "relu"
+    name = type(fn).__name__
+    if name == "GELUActivation" and getattr(fn, "act", None) is F.gelu:
+        return "gelu"
+    return None
+
+
+def supports_fast_layer(block: Any, config: Any) -> bool:
+    """Whether ``block`` is a plain BERT encoder layer that :func:`fast_layer_forward` reproduces."""
+    if block.training or torch.is_grad_enabled():
+        return False
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        return False
+    if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+        return False
+    if getattr(block, "chunk_size_feed_forward", 0):
+        return False
+    try:
+        att = block.attention
+        linears = (att.self.query, att.self.key, att.self.value, att.output.dense,
+                   block.intermediate.dense, block.output.dense)
+        norms = (att.output.LayerNorm, block.output.LayerNorm)
+    except AttributeError:
+        return False
+    # exact types: LoRA, quantized or other wrapped Linear modules compute something else
+    if any(type(m) is not nn.Linear or m.bias is None for m in linears):
+        return False
+    if any(type(m) is not nn.LayerNorm for m in norms):
+        return False
+    return _activation(block) is not None
+
+
+class _LayerWeights:
+    """A layer's weights in one dtype, Q/K/V stacked.
+
+    Built per batch (cheap next to the batch's forward pass) rather than cached across calls, so
+    that weights changed in place between calls (training, ``load_state_dict``) are always seen.
+    """
+
+    def __init__(self, block: Any, dtype: torch.dtype, fold_scale: bool) -> None:
+        att = block.attention
+        q, k, v = att.self.query, att.self.key, att.self.value
+        self.scale = float(att.self.scaling)
+        wq, bq = q.weight, q.bias
+        if fold_scale:
+            # the softmax scale applied once to the weights instead of to every score
+            wq, bq = wq * self.scale, bq * self.scale
+        self.w_qkv = torch.cat([wq, k.weight, v.weight]).to(dtype).contiguous()
+        self.b_qkv = torch.cat([bq, k.bias, v.bias]).to(dtype).contiguous()
+        self.w_o, self.b_o = att.output.dense.weight.to(dtype), att.output.dense.bias.to(dtype)
+        self.w_i, self.b_i = block.intermediate.dense.weight.to(dtype), block.intermediate.dense.bias.to(dtype)
+        self.w_out, self.b_out = block.output.dense.weight.to(dtype), block.output.dense.bias.to(dtype)
+        ln1, ln2 = att.output.LayerNorm, block.output.LayerNorm
+        self.ln1 = (ln1.normalized_shape, ln1.weight.to(dtype), ln1.bias.to(dtype), ln1.eps)
+        self.ln2 = (ln2.normalized_shape, ln2.weight.to(dtype), ln2.bias.to(dtype), ln2.eps)
+        self.heads = att.self.num_attention_heads
+        self.head_size = att.self.attention_head_size
+        self.activation = _activation(block)
+
+
+def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int],
+                      out: torch.Tensor, block: int = QUERY_BLOCK) -> torch.Tensor:
+    """Softmax attention per cell and head over each cell's first ``lengths[b]`` positions.
+
+    ``q``, ``k``, ``v`` and ``out`` are (B, L, heads, head_size) views; ``q`` is already scaled.
+    Rows past a cell's length are set to zero.
+    """
+    for b, n in enumerate(lengths):
+        if n < out.shape[1]:
+            out[b, n:].zero_()
+        for h in range(q.shape[2]):
+            kt = k[b, :n, h].t()
+            vh = v[b, :n, h]
+            for i in range(0, n, block):
+                j = min(i + block, n)
+                scores = torch.mm(q[b, i:j, h], kt)
+                torch.mm(torch.softmax(scores, dim=-1), vh, out=out[b, i:j, h])
+    return out
+
+
+def _lengths_if_prefix(attention_mask: torch.Tensor | None, batch: int, width: int) -> list[int] | None:
+    """Per-cell lengths when every mask row is ones then zeros (right padding), else None."""
+    if attention_mask is None:
+        return [width] * batch
+    lengths = attention_mask.sum(dim=1)
+    prefix = torch.arange(width, device=attention_mask.device)[None, :] < lengths[:, None]
+    if not bool((prefix == attention_mask.bool()).all()):
+        return None
+    return [int(n) for n in lengths.tolist()]
+
+
+def fast_layer_forward(block: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                       key_mask: torch.Tensor | None, dtype: torch.dtype | None = None,
+                       workspace: dict | None = None) -> torch.Tensor:
+    """One encoder layer's output for ``hidden`` (B, L, H), as ``block(hidden, key_mask)`` computes it.
+
+    Args:
+        attention_mask: (B, L) 1 for real genes, 0 for padding; None means no padding.
+        key_mask: the same as a (B, 1, 1, L) boolean key mask for SDPA (None when no padding).
+        dtype: compute dtype (None: the hidden states' dtype). bf16/fp16 on CPU uses the blocked
+            attention when the padding is on the right.
+        workspace: a dict kept across the layers of one batch; the layer's scratch buffers live in
+            it and are reused by the next layer instead of being allocated anew.
+    """
+    dtype = dtype or hidden.dtype
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _forward(block, hidden, attention_mask, key_mask, dtype, {} if workspace is None else workspace)
+
+
+def _buffer(workspace: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    buf = workspace.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = workspace[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, workspace: dict, name: str) -> torch.Tensor:
+    """``F.linear`` into a reused workspace buffer."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = _buffer(workspace, name, (rows.shape[0], weight.shape[0]), x)
+    torch.addmm(bias, rows, weight.t(), out=out)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _forward(block: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+             key_mask: torch.Tensor | None, dtype: torch.dtype, ws: dict) -> torch.Tensor:
+    b, width, _ = hidden.shape
+    lengths = None
+    if hidden.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        lengths = _lengths_if_prefix(attention_mask, b, width)
+    w = _LayerWeights(block, dtype, fold_scale=lengths is not None)
+    x = hidden.to(dtype)
+    heads, size = w.heads, w.head_size
+    qkv = _linear(x, w.w_qkv, w.b_qkv, ws, "qkv").view(b, width, 3, heads, size)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if lengths is not None:
+        ctx = blocked_attention(q, k, v, lengths, _buffer(ws, "context", (b, width, heads, size), x))
+    else:
+        ctx = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_mask, scale=w.scale
+        ).transpose(1, 2)
+    ctx = ctx.reshape(b, width, heads * size)
+    att = _linear(ctx, w.w_o, w.b_o, ws, "attention")
+    att += x
+    att = F.layer_norm(att, *w.ln1)
+    inner = _linear(att, w.w_i, w.b_i, ws, "inner")
+    if w.activation == "relu":
+        inner.relu_()
+    else:
+        inner = F.gelu(inner)
+    out = _linear(inner, w.w_out, w.b_out, ws, "output")
+    out += att
+    return F.layer_norm(out, *w.ln2)

@@ -1,0 +1,124 @@
+"""The inference fast path of the encoder layer: same results as the module, and only where it applies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from geneformer import inference
+from geneformer.inference import as_sequences, collate, forward_hidden
+from geneformer.models.fast_encoder import blocked_attention, fast_layer_forward, supports_fast_layer
+
+
+def _model(act: str = "relu", **kw) -> BertModel:
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=48, max_position_embeddings=80, hidden_act=act, **kw)
+    cfg._attn_implementation = "sdpa"
+    return BertModel(cfg, add_pooling_layer=False).eval()
+
+
+def _batch(lengths=(70, 33, 5, 70)):
+    rng = np.random.default_rng(0)
+    seqs = as_sequences([rng.integers(2, 64, n) for n in lengths])
+    return collate(seqs, np.arange(len(lengths)))
+
+
+def _reference(model, ids, mask, layer, monkeypatch, amp=None):
+    with monkeypatch.context() as m:
+        m.setattr(inference, "supports_fast_layer", lambda *a: False)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            return forward_hidden(model, ids, mask, layer)[0].float()
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+@pytest.mark.parametrize("lengths", [(70, 33, 5, 70), (40, 40)])
+def test_fp32_fast_path_equals_module(act, lengths, monkeypatch):
+    model = _model(act)
+    ids, mask, lens = _batch(lengths)
+    ref = _reference(model, ids, mask, 3, monkeypatch)
+    with torch.inference_mode():
+        assert supports_fast_layer(model.encoder.layer[0], model.config)
+        fast, _ = forward_hidden(model, ids, mask, 3)
+    real = mask.bool()
+    assert torch.allclose(fast[real], ref[real], atol=1e-5)
+
+
+def test_bf16_fast_path_close_to_fp32(monkeypatch):
+    model = _model()
+    ids, mask, lens = _batch()
+    ref = _reference(model, ids, mask, 3, monkeypatch)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, _ = forward_hidden(model, ids, mask, 3)
+    assert fast.dtype == torch.bfloat16
+    real = mask.bool()
+    # cell embeddings (mean over real genes) as the embedding code pools them
+    pooled = lambda h: torch.stack([h[i, : lens[i]].float().mean(0) for i in range(len(lens))])  # noqa: E731
+    cos = torch.nn.functional.cosine_similarity(pooled(fast), pooled(ref), dim=-1)
+    assert (1 - cos).max() < 1e-3
+    assert torch.isfinite(fast[real]).all()
+
+
+def test_blocked_attention_equals_softmax_attention():
+    torch.manual_seed(1)
+    b, width, heads, size = 3, 37, 2, 8
+    q, k, v = (torch.randn(b, width, heads, size, dtype=torch.float64) for _ in range(3))
+    lengths = [37, 20, 1]
+    out = torch.full((b, width, heads, size), float("nan"), dtype=torch.float64)
+    blocked_attention(q, k, v, lengths, out, block=8)  # several query blocks, a partial last one
+    for i, n in enumerate(lengths):
+        for h in range(heads):
+            p = torch.softmax(q[i, :n, h] @ k[i, :n, h].T, dim=-1)
+            assert torch.allclose(out[i, :n, h], p @ v[i, :n, h], atol=1e-12)
+        assert (out[i, n:] == 0).all()  # padding rows are zero, never NaN
+
+
+def test_fast_layer_without_padding_and_buffers_reused():
+    model = _model()
+    ids, mask, _ = _batch((30, 30))
+    hidden = model.embeddings(input_ids=ids)
+    ws: dict = {}
+    with torch.inference_mode():
+        a = fast_layer_forward(model.encoder.layer[0], hidden, None, None, workspace=ws)
+        buffers = {k: v.data_ptr() for k, v in ws.items()}
+        b = fast_layer_forward(model.encoder.layer[1], a, None, None, workspace=ws)
+        ref = model.encoder.layer[1](model.encoder.layer[0](hidden, None), None)
+    assert {k: v.data_ptr() for k, v in ws.items()} == buffers
+    assert torch.allclose(b, ref[0] if isinstance(ref, tuple) else ref, atol=1e-5)
+
+
+def test_weights_changed_between_calls_are_seen():
+    model = _model()
+    ids, mask, _ = _batch()
+    with torch.inference_mode():
+        before, _ = forward_hidden(model, ids, mask, 1)
+    with torch.no_grad():
+        model.encoder.layer[0].intermediate.dense.weight.data.mul_(3.0)  # .data: no version bump
+    with torch.inference_mode():
+        after, _ = forward_hidden(model, ids, mask, 1)
+        ref = model.encoder.layer[0](model.embeddings(input_ids=ids), mask.bool()[:, None, None, :])
+    ref = ref[0] if isinstance(ref, tuple) else ref
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after[mask.bool()], ref[mask.bool()], atol=1e-5)
+
+
+def test_fast_path_only_where_it_applies():
+    model = _model()
+    layer = model.encoder.layer[0]
+    with torch.inference_mode():
+        assert supports_fast_layer(layer, model.config)
+    assert not supports_fast_layer(layer, model.config)  # gradients enabled: fine-tuning
+    with torch.no_grad():
+        model.train()
+        assert not supports_fast_layer(layer, model.config)  # dropout active
+        model.eval()
+        relative = _model(position_embedding_type="relative_key")
+        assert not supports_fast_layer(relative.encoder.layer[0], relative.config)
+        tanh = _model("gelu_new")
+        assert not supports_fast_layer(tanh.encoder.layer[0], tanh.config)
+        peft = pytest.importorskip("peft")
+        lora = peft.get_peft_model(_model(), peft.LoraConfig(r=2, target_modules=["query", "value"]))
+        wrapped = lora.base_model.model.encoder.layer[0]
+        assert not supports_fast_layer(wrapped, lora.base_model.model.config)
