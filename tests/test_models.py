@@ -157,6 +157,17 @@ def test_zoo_name_offline_fails_clearly(monkeypatch):
         load_model("Geneformer-V1-10M")
 
 
+def test_legacy_zoo_name_offline_says_how_to_reach_it(monkeypatch):
+    # the 2024 models are not pinned to a revision; the error tells how to pass one
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert all(spec.revision is None for spec in MODEL_ZOO.values())
+    with pytest.raises(ModelLoadError, match="revision=") as err:
+        load_model("gf-20L-95M-i4096")
+    assert "subfolder gf-20L-95M-i4096" in str(err.value)
+    with pytest.raises(ModelLoadError, match="revision abc1234"):
+        load_model("gf-20L-95M-i4096", revision="abc1234")
+
+
 def test_layer_index(mini_v1):
     assert layer_index(mini_v1, 0) == 3
     assert layer_index(mini_v1, -1) == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..hub import hub_offline
-from .zoo import MODEL_ZOO, ModelSpec, get_spec, vocab_version_for_size
+from .zoo import LEGACY_NOTE, MODEL_ZOO, ModelSpec, get_spec, vocab_version_for_size
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -215,9 +215,11 @@ def load_model(
     except OSError as exc:
         hint = ""
         if spec is not None:
+            revision = kwargs.get("revision")
             hint = (f" (zoo model {spec.name}: {spec.repo}, subfolder {spec.subfolder or '/'}"
-                    f"{', revision ' + spec.revision[:7] if spec.revision else ''}; needs the hub or its cache, "
-                    "and HF_HUB_OFFLINE must be unset to download)")
+                    f"{', revision ' + str(revision) if revision else ''}; needs the hub or its cache, "
+                    "and HF_HUB_OFFLINE must be unset to download"
+                    f"{'; ' + LEGACY_NOTE if spec.legacy and not revision else ''})")
         raise ModelLoadError(f"Could not load model {name_or_path!r}{hint}: {exc}") from exc
     check_vocab_matches(model, vocab, source=f"Model {name_or_path}")
     if spec is not None and model.config.vocab_size != spec.vocab_size:

@@ -33,6 +33,7 @@ class ModelSpec:
     repo: str = HUB_REPO
     revision: str | None = None  # hub commit holding this layout (None: the default branch)
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    legacy: bool = False  # a 2024 checkpoint (gf-* seed name), see LEGACY_NOTE
 
     @property
     def n_params(self) -> int:
@@ -69,19 +70,22 @@ class ModelSpec:
         )
 
 
-# The 2024 hub layout (the gf-* seed names) was replaced on the default branch in 2025; the older
-# checkpoints are still reachable at the commit that published the 12L/20L i4096 models.
-LEGACY_REVISION = "933ca80e39d421c47a12168699766bb7e4e2c197"
+# The 2024 hub layout (the gf-* seed names) was replaced on the hub's default branch in 2025. No
+# revision is pinned for those models: a pin must be a commit of the hub repository itself, which
+# cannot be checked offline, and a wrong one fails every download. ``load_model(name, revision=...)``
+# takes a hub commit that still has them; the load error says so.
+LEGACY_NOTE = ("a 2024 model that may no longer be on the hub repository's default branch: pass "
+               "revision=<a commit of the hub repository that has it>, or download it and load the folder")
 
 
-def _v1(name, subfolder, layers, hidden, heads, inter, desc, aliases=(), revision=None):
+def _v1(name, subfolder, layers, hidden, heads, inter, desc, aliases=(), legacy=False):
     return ModelSpec(name, subfolder, "V1", 2048, False, layers, hidden, heads, inter, 25426, 0.02, desc,
-                     revision=revision, aliases=tuple(aliases))
+                     aliases=tuple(aliases), legacy=legacy)
 
 
-def _v2(name, subfolder, layers, hidden, heads, inter, dropout, desc, aliases=(), revision=None):
+def _v2(name, subfolder, layers, hidden, heads, inter, dropout, desc, aliases=(), legacy=False):
     return ModelSpec(name, subfolder, "V2", 4096, True, layers, hidden, heads, inter, 20275, dropout, desc,
-                     revision=revision, aliases=tuple(aliases))
+                     aliases=tuple(aliases), legacy=legacy)
 
 
 _SPECS: list[ModelSpec] = [
@@ -89,18 +93,16 @@ _SPECS: list[ModelSpec] = [
         "Original 2021 model, pretrained on Genecorpus-30M (V1 vocabulary, 2,048 genes per cell).",
         aliases=("gf-6L-30M-i2048", "geneformer-6L-30M")),
     _v1("gf-12L-30M-i2048", "gf-12L-30M-i2048", 12, 512, 8, 1024,
-        "12-layer model pretrained on Genecorpus-30M (V1 vocabulary).", aliases=("geneformer-12L-30M",),
-        revision=LEGACY_REVISION),
+        "12-layer model pretrained on Genecorpus-30M (V1 vocabulary).", aliases=("geneformer-12L-30M",), legacy=True),
     # In the 2024 hub layout this model was the repository root (config.json at the top level).
     _v2("gf-12L-95M-i4096", None, 12, 512, 8, 1024, 0.02,
-        "12-layer model pretrained on ~95M cells (V2 vocabulary, 4,096 genes with <cls>/<eos>).",
-        revision=LEGACY_REVISION),
-    # Architecture of the 20-layer model as published in 2024 (config not in ../shared; from the model card).
+        "12-layer model pretrained on ~95M cells (V2 vocabulary, 4,096 genes with <cls>/<eos>).", legacy=True),
+    # Architecture of the 20-layer model as published in 2024 (not in ../shared; checked against the
+    # released config.json: 20 layers, hidden 896, 14 heads, intermediate 1792, dropout 0.02).
     _v2("gf-20L-95M-i4096", "gf-20L-95M-i4096", 20, 896, 14, 1792, 0.02,
-        "20-layer model pretrained on ~95M cells (V2 vocabulary).", revision=LEGACY_REVISION),
+        "20-layer model pretrained on ~95M cells (V2 vocabulary).", legacy=True),
     _v2("gf-12L-95M-i4096_CLcancer", "gf-12L-95M-i4096_CLcancer", 12, 512, 8, 1024, 0.02,
-        "gf-12L-95M-i4096 continually pretrained on ~14M cancer cells.", aliases=("gf-12L-95M-i4096-CLcancer",),
-        revision=LEGACY_REVISION),
+        "gf-12L-95M-i4096 continually pretrained on ~14M cancer cells.", aliases=("gf-12L-95M-i4096-CLcancer",), legacy=True),
     _v2("Geneformer-V2-104M", "Geneformer-V2-104M", 12, 768, 12, 3072, 0.1,
         "12-layer model pretrained on ~104M non-cancer cells (V2 vocabulary)."),
     _v2("Geneformer-V2-316M", "Geneformer-V2-316M", 18, 1152, 18, 4608, 0.1,
