@@ -92,25 +92,28 @@ def test_fully_masked_rows_stay_finite():
 def test_sampling_is_iid_bernoulli_and_seeded():
     n_blocks, size, p = 3, 20011, 0.1
     torch.manual_seed(5)
-    idx, offsets = sample_dropped(n_blocks, size, p)
+    idx, counts = sample_dropped(n_blocks, size, p)
     torch.manual_seed(5)
-    idx2, offsets2 = sample_dropped(n_blocks, size, p)
-    assert torch.equal(idx, idx2) and torch.equal(offsets, offsets2)
-    assert idx.dtype == torch.int32 and offsets[0] == 0 and offsets[-1] == len(idx)
+    idx2, counts2 = sample_dropped(n_blocks, size, p)
+    assert torch.equal(idx, idx2) and torch.equal(counts, counts2)
+    assert idx.dtype == torch.int32 and idx.shape[0] == n_blocks and int(counts.max()) <= idx.shape[1]
     total = n_blocks * size
-    assert abs(len(idx) - total * p) < 5 * np.sqrt(total * p * (1 - p))
+    assert abs(int(counts.sum()) - total * p) < 5 * np.sqrt(total * p * (1 - p))
     for b in range(n_blocks):
-        block = idx[offsets[b]:offsets[b + 1]].numpy()
+        block = idx[b, : counts[b]].numpy()
         assert (np.diff(block) > 0).all() and block.min() >= 0 and block.max() < size  # distinct, sorted, in range
     torch.manual_seed(6)
-    assert not torch.equal(sample_dropped(n_blocks, size, p)[0][:100], idx[:100])
+    assert not torch.equal(sample_dropped(n_blocks, size, p)[0][0, :100], idx[0, :100])
+    # blocks are independent streams: no two alike
+    assert len({tuple(idx[b, :50].tolist()) for b in range(n_blocks)}) == n_blocks
     # every position is dropped with probability p, independently of its neighbour; counts are Binomial(T, p)
     torch.manual_seed(0)
     n_b, size, q, draws = 20, 50, 0.25, 300
     hits = np.zeros((draws, n_b * size))
     for d in range(draws):
-        i, o = sample_dropped(n_b, size, q)
-        hits[d, (i.long() + torch.repeat_interleave(torch.arange(n_b) * size, o.diff())).numpy()] = 1
+        i, c = sample_dropped(n_b, size, q)
+        for b in range(n_b):
+            hits[d, b * size + i[b, : c[b]].numpy()] = 1
     t = n_b * size
     assert np.abs(hits.mean(0) - q).max() < 5 * np.sqrt(q * (1 - q) / draws)
     assert abs((hits[:, 1:] * hits[:, :-1]).mean() - q * q) < 5 * np.sqrt(q * q / (draws * (t - 1)))
@@ -119,6 +122,16 @@ def test_sampling_is_iid_bernoulli_and_seeded():
     assert abs(counts.var() / (t * q * (1 - q)) - 1) < 5 * np.sqrt(2 / draws)
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         sample_dropped(1, 10, 0.0)
+
+
+def test_sampler_redraws_identically_with_more_room():
+    from geneformer.train import _dropout_kernel
+
+    small, big = np.zeros((2, 3), np.int32), np.zeros((2, 500), np.int32)
+    c_small, c_big = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    _dropout_kernel.sample_blocks(123, 1000, 0.2, small, c_small)
+    _dropout_kernel.sample_blocks(123, 1000, 0.2, big, c_big)
+    assert (c_small == c_big).all() and (c_big > 3).all() and (small == big[:, :3]).all()
 
 
 def test_sampled_dropout_rate_and_scale():

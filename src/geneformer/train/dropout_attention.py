@@ -11,9 +11,9 @@ so the forward is the fused kernel's output minus a sparse correction over the ~
 entries, with P_ij = exp(S_ij - lse_i) from the kernel's log-sum-exp. The fused backward, given
 X = P V - C as its "output", computes the dropout attention's row terms rowsum(dO * X) exactly;
 three sparse corrections over the dropped entries then finish dQ, dK and dV
-(:mod:`._dropout_kernel`). The dropped entries are sampled exactly as iid Bernoulli(p) from
-torch's global generator (geometric gaps between them), so ``torch.manual_seed`` and the
-``Trainer``'s saved RNG states keep runs reproducible.
+(:mod:`._dropout_kernel`). The dropped entries are sampled exactly as iid Bernoulli(p) (geometric
+gaps between them) by a compiled generator seeded from torch's global generator, so
+``torch.manual_seed`` and the ``Trainer``'s saved RNG states keep runs reproducible.
 
 :func:`geneformer_sdpa_attention_forward` is a drop-in for transformers' ``sdpa`` attention,
 registered as ``"geneformer_sdpa"`` by :func:`register` (or :func:`use_fused_attention_dropout`).
@@ -40,42 +40,40 @@ _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_bac
 # Sampling
 # ------------------------------------------------------------------------------------------------
 def sample_dropped(n_blocks: int, block_size: int, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entries dropped by iid Bernoulli(``p``) dropout over ``n_blocks * block_size`` entries.
+    """Entries dropped by iid Bernoulli(``p``) dropout over ``n_blocks`` blocks of ``block_size``.
 
-    Returns ``(idx, offsets)``: the dropped entries of block ``b`` are ``idx[offsets[b]:offsets[b+1]]``,
-    sorted positions within the block (int32 when ``block_size`` allows, else int64). The gaps
-    between successive successes of an iid Bernoulli(p) sequence are iid Geometric(p), so drawing
-    gaps and summing them samples the sequence exactly, in sorted order, in O(p * total) work.
-    Random numbers come from torch's global CPU generator.
+    Returns ``(idx, counts)``: block ``b`` drops the sorted positions ``idx[b, :counts[b]]``
+    (int32 when ``block_size`` allows, else int64). One 63-bit seed is drawn from torch's global
+    generator, so ``torch.manual_seed`` and restored RNG states reproduce the draw; the compiled
+    sampler turns it into independent per-block streams (:func:`._dropout_kernel.sample_blocks`).
     """
     if not 0.0 < p < 1.0:
         raise ValueError(f"Dropout probability must be in (0, 1), got {p}.")
-    total = n_blocks * block_size
-    mean = total * p
-    n = int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16)
-    pos = torch.cumsum(torch.empty(n, dtype=torch.int64).geometric_(p), 0)
-    while int(pos[-1]) <= total:  # rare: more successes than 6 sigma above the mean
-        more = torch.cumsum(torch.empty(max(n // 8, 16), dtype=torch.int64).geometric_(p), 0)
-        pos = torch.cat([pos, more + pos[-1]])
-    pos = pos[: int(torch.searchsorted(pos, total, right=True))] - 1  # first success at gap - 1
-    starts = torch.arange(n_blocks + 1, dtype=torch.int64) * block_size
-    offsets = torch.searchsorted(pos, starts)
-    block = torch.repeat_interleave(torch.arange(n_blocks, dtype=torch.int64), offsets.diff())
-    local = pos - block * block_size
-    if block_size <= np.iinfo(np.int32).max:
-        local = local.to(torch.int32)
-    return local, offsets
+    kernel = _kernels()
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    mean = block_size * p
+    cap = min(block_size, int(mean + 6.0 * math.sqrt(mean * (1.0 - p)) + 16))
+    dtype = np.int32 if block_size <= np.iinfo(np.int32).max else np.int64  # halves what the backward keeps
+    counts = np.empty(n_blocks, dtype=np.int64)
+    idx = np.zeros((n_blocks, cap), dtype=dtype)  # deterministic padding after the counts
+    kernel.sample_blocks(seed, block_size, p, idx, counts)
+    if counts.max(initial=0) > cap:  # beyond 6 sigma: the same seed again, with room
+        idx = np.zeros((n_blocks, int(counts.max())), dtype=dtype)
+        kernel.sample_blocks(seed, block_size, p, idx, counts)
+    return torch.from_numpy(idx), torch.from_numpy(counts)
 
 
 def _dropped_from_mask(dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(idx, offsets)`` of a boolean (B, H, Lq, Lk) tensor of dropped entries (for tests)."""
+    """``(idx, counts)`` of a boolean (B, H, Lq, Lk) tensor of dropped entries (for tests)."""
     b, h, lq, lk = dropped.shape
     flat = dropped.reshape(b * h, lq * lk)
     counts = flat.sum(1)
-    offsets = torch.zeros(b * h + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(counts, 0)
-    local = flat.nonzero()[:, 1]  # row-major: sorted within each block
-    return local.to(torch.int32 if lq * lk <= np.iinfo(np.int32).max else torch.int64), offsets
+    idx = torch.zeros(b * h, max(int(counts.max()), 1), dtype=torch.int32 if lq * lk <= np.iinfo(np.int32).max
+                      else torch.int64)
+    for blk in range(b * h):
+        pos = flat[blk].nonzero()[:, 0]  # sorted
+        idx[blk, : len(pos)] = pos.to(idx.dtype)
+    return idx, counts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,34 +114,43 @@ def _min_bias(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).min)
 
 
+def _kernels():
+    """The compiled kernels (imported on first use: numba compiles or loads its cache), run on as
+    many threads as torch uses."""
+    import numba
+
+    from . import _dropout_kernel
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return _dropout_kernel
+
+
 # ------------------------------------------------------------------------------------------------
 # Autograd function
 # ------------------------------------------------------------------------------------------------
 class _DropoutAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, p, scale, dropped):
-        from . import _dropout_kernel as kernel
-
+        kernel = _kernels()
         b, h, lq, _ = q.shape
         lk = k.shape[2]
-        idx, offsets = dropped if dropped is not None else sample_dropped(b * h, lq * lk, p)
+        idx, counts = dropped if dropped is not None else sample_dropped(b * h, lq * lk, p)
         x, lse = _flash(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
         bias_np = (bias if bias is not None else q.new_zeros(1, 1, 1, lk)).detach().numpy()
         x_np = _blhd(x)
         kernel.forward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, lse.numpy(), idx.numpy(),
-                                  offsets.numpy(), scale, _min_bias(q.dtype), x_np)
+                                  counts.numpy(), scale, _min_bias(q.dtype), x_np)
         if not np.shares_memory(x_np, x.detach().numpy()):
             x = torch.from_numpy(x_np).transpose(1, 2)
         out = x / (1.0 - p)
-        ctx.save_for_backward(q, k, v, bias, out, lse, idx, offsets)
+        ctx.save_for_backward(q, k, v, bias, out, lse, idx, counts)
         ctx.p, ctx.scale = p, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        from . import _dropout_kernel as kernel
-
-        q, k, v, bias, out, lse, idx, offsets = ctx.saved_tensors
+        kernel = _kernels()
+        q, k, v, bias, out, lse, idx, counts = ctx.saved_tensors
         p, scale = ctx.p, ctx.scale
         g = grad_out / (1.0 - p)
         x = out * (1.0 - p)  # P V - C: the fused backward then computes the right rowsum(dO * O)
@@ -151,7 +158,7 @@ class _DropoutAttention(torch.autograd.Function):
         grads = [_blhd(t) for t in (dq, dk, dv)]
         bias_np = (bias if bias is not None else q.new_zeros(1, 1, 1, k.shape[2])).detach().numpy()
         kernel.backward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, lse.numpy(), idx.numpy(),
-                                   offsets.numpy(), scale, _min_bias(q.dtype), _blhd(g), *grads)
+                                   counts.numpy(), scale, _min_bias(q.dtype), _blhd(g), *grads)
         out_grads = []
         for t, a in zip((dq, dk, dv), grads):
             out_grads.append(t if np.shares_memory(a, t.detach().numpy()) else torch.from_numpy(a).transpose(1, 2))
