@@ -1,15 +1,21 @@
 """Pretraining throughput: our step vs the reference-style step, same V1-10M model and cells.
 
 ours  : ``GeneformerForMaskedLM`` (MLM head only at masked genes), length-grouped batches padded to
-        the batch's longest cell;
+        the batch's longest cell, attention dropout through ``geneformer.train.dropout_attention``
+        (exact, at the fused kernel's speed on CPU), as ``pretrain`` trains by default;
+ours without fused dropout: the same on PyTorch's own ``sdpa`` (whose CPU dropout path is the
+        unfused math kernel), to show what each part contributes;
 plain : ``BertForMaskedLM`` (full-vocabulary head at every position), batches padded to 2,048, as
-        the reference pretraining does with ``max_length`` padding.
+        the reference pretraining does with ``max_length`` padding, stock ``sdpa``.
 
 Both: the same initial weights, the same masks (15%), AdamW, forward + backward + optimizer step,
 on the 500 real Genecorpus-30M cells of ``../shared/data/genecorpus30M_500_tokenized_cells.parquet``.
-Prints tokens/s (real, non-padding tokens) of both and their ratio.
+Prints tokens/s (real, non-padding tokens) of each and the ratios to plain.
 
     python benchmarks/pretrain.py [--batch-size 4] [--steps 3] [--warmup 1] [--threads N] [--bf16] [--data PATH]
+                                  [--attn-dropout P] [--skip-unfused]
+
+``--attn-dropout`` overrides the V1 preset's attention dropout (0.02), e.g. 0.1 as in the V2 models.
 
 The Genecorpus sample cells are nearly all 2,048 genes long, so there the gain is the sparse head
 alone; ``--data ../shared/golden/tokenized/pbmc3k_raw_seurat_labels_V1.dataset`` (mean 827 genes)
@@ -33,6 +39,7 @@ from transformers import BertForMaskedLM
 
 from geneformer.train.architectures import architecture_config
 from geneformer.train.collators import DataCollatorForMaskedGenes
+from geneformer.train.dropout_attention import use_fused_attention_dropout
 from geneformer.train.mlm import GeneformerForMaskedLM
 from geneformer.train.sampler import LengthGroupedSampler
 
@@ -77,6 +84,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    ap.add_argument("--attn-dropout", type=float, default=None,
+                    help="attention_probs_dropout_prob (default: the V1 preset's 0.02)")
+    ap.add_argument("--skip-unfused", action="store_true", help="do not time ours without the fused dropout")
     ap.add_argument("--data", default=str(SHARED / "data" / "genecorpus30M_500_tokenized_cells.parquet"),
                     help="parquet file or tokenized V1 dataset folder (input_ids, length)")
     args = ap.parse_args()
@@ -106,19 +116,35 @@ def main() -> None:
     plain_batches = [plain_collate([{"input_ids": cells[j]} for j in g]) for g in groups]
 
     torch.manual_seed(0)
-    cfg = architecture_config("gf-6L-30M-i2048", V1_SIZE)
-    ours = GeneformerForMaskedLM(cfg).to(device)
+    overrides = {} if args.attn_dropout is None else {"attention_probs_dropout_prob": args.attn_dropout}
+    cfg = architecture_config("gf-6L-30M-i2048", V1_SIZE, **overrides)
+    ours = GeneformerForMaskedLM(copy.deepcopy(cfg)).to(device)
+    fused = use_fused_attention_dropout(ours)  # what pretrain() does (GeneformerPretrainer's default)
+    unfused = None if args.skip_unfused else GeneformerForMaskedLM(copy.deepcopy(cfg)).to(device)
     plain = BertForMaskedLM(copy.deepcopy(cfg)).to(device)
-    plain.load_state_dict(ours.state_dict())
+    for other in (unfused, plain):
+        if other is not None:
+            other.load_state_dict(ours.state_dict())
 
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up, bf16 {args.bf16}")
+          f"{args.steps} timed steps after {args.warmup} warm-up, bf16 {args.bf16}, "
+          f"attention dropout {cfg.attention_probs_dropout_prob}")
     print(f"cells: {len(cells)}, mean length {lengths.mean():.0f}, max {lengths.max()}")
     ours_tps, ntok, ours_loss = _run(ours, ours_batches, args.steps, args.warmup, device, args.bf16)
-    print(f"ours  (masked-only head, dynamic padding): {ours_tps:10.1f} tokens/s  ({ntok} tokens, loss {ours_loss:.3f})")
+    print(f"ours  (masked-only head, dynamic padding, fused dropout {fused}): "
+          f"{ours_tps:10.1f} tokens/s  ({ntok} tokens, loss {ours_loss:.3f})")
+    if unfused is not None:
+        unf_tps, ntok, unf_loss = _run(unfused, ours_batches, args.steps, args.warmup, device, args.bf16)
+        print(f"ours without fused dropout (stock sdpa):             "
+              f"{unf_tps:10.1f} tokens/s  ({ntok} tokens, loss {unf_loss:.3f})")
     plain_tps, ntok, plain_loss = _run(plain, plain_batches, args.steps, args.warmup, device, args.bf16)
-    print(f"plain (full head, padded to 2,048):        {plain_tps:10.1f} tokens/s  ({ntok} tokens, loss {plain_loss:.3f})")
-    print(f"speed-up: {ours_tps / plain_tps:.2f}x")
+    print(f"plain (full head, padded to 2,048, stock sdpa):      "
+          f"{plain_tps:10.1f} tokens/s  ({ntok} tokens, loss {plain_loss:.3f})")
+    print(f"speed-up: {ours_tps / plain_tps:.2f}x", end="")
+    if unfused is not None:
+        print(f" (without fused dropout {unf_tps / plain_tps:.2f}x; fused dropout alone {ours_tps / unf_tps:.2f}x)")
+    else:
+        print()
 
 
 if __name__ == "__main__":
