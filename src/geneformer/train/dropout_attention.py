@@ -88,12 +88,9 @@ def compact_bias(attn_mask: torch.Tensor | None, query: torch.Tensor, key: torch
     """
     if attn_mask is None:
         return None
-    b, h, lq, _ = query.shape
-    lk = key.shape[2]
-    if attn_mask.dim() != 4 or attn_mask.shape[3] != lk or any(
-        attn_mask.shape[d] not in (1, n) for d, n in ((0, b), (1, h), (2, lq))
-    ):
-        raise ValueError(f"Attention mask of shape {tuple(attn_mask.shape)} does not broadcast to {(b, h, lq, lk)}.")
+    if not _mask_broadcasts(attn_mask, query, key):
+        raise ValueError(f"Attention mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+                         f"{(*query.shape[:3], key.shape[2])}.")
     m = attn_mask
     for d in range(3):
         if m.shape[d] > 1 and m.stride(d) == 0:
@@ -101,6 +98,12 @@ def compact_bias(attn_mask: torch.Tensor | None, query: torch.Tensor, key: torch
     if m.dtype == torch.bool:
         return torch.zeros(m.shape, dtype=query.dtype, device=m.device).masked_fill_(~m, float("-inf"))
     return m.to(query.dtype).contiguous()
+
+
+def _mask_broadcasts(attn_mask: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> bool:
+    b, h, lq, _ = query.shape
+    return attn_mask.dim() == 4 and attn_mask.shape[3] == key.shape[2] and all(
+        attn_mask.shape[d] in (1, n) for d, n in ((0, b), (1, h), (2, lq)))
 
 
 def _blhd(t: torch.Tensor) -> np.ndarray:
@@ -218,13 +221,9 @@ def _fused_applicable(module, query, key, value, attention_mask, dropout, kwargs
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
     if is_causal and attention_mask is None and query.shape[2] > 1:
         return False
-    if attention_mask is not None:
-        if attention_mask.requires_grad or attention_mask.device != query.device:
-            return False
-        try:
-            compact_bias(attention_mask, query, key)
-        except ValueError:
-            return False
+    if attention_mask is not None and (attention_mask.requires_grad or attention_mask.device != query.device
+                                       or not _mask_broadcasts(attention_mask, query, key)):
+        return False
     return True
 
 
