@@ -72,6 +72,18 @@ def test_matches_dense_reference(dtype, p, mask_kind):
         assert (a - b).abs().max() < TOL[dtype], name
 
 
+def test_other_memory_layouts():
+    # contiguous (B, H, L, D) inputs (not BERT's head-split views) and a full (B, H, L, L) float mask
+    q, k, v = (x.detach().contiguous().requires_grad_() for x in _qkv(torch.float64))
+    mask = torch.randn(B, H, L, L, dtype=torch.float64)
+    dropped = torch.rand(B, H, L, L, generator=torch.Generator().manual_seed(1)) < 0.2
+    ref = _reference(q, k, v, mask, dropped, 0.2)
+    out = dropout_attention(q, k, v, mask, 0.2, dropped=dropped)
+    assert (out - ref).abs().max() < 1e-10
+    for a, b in zip(torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(ref.sum(), (q, k, v))):
+        assert (a - b).abs().max() < 1e-10
+
+
 def test_fully_masked_rows_stay_finite():
     q, k, v = _qkv(torch.float64)
     mask = torch.ones(B, 1, L, L, dtype=torch.bool)

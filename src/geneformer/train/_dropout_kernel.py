@@ -2,7 +2,8 @@
 
 Arrays are in the (batch, length, heads, head_dim) memory layout that BERT's projections produce,
 so no copies are needed. The dropped entries of one (batch, head) block ``bh`` are
-``idx[bh, :counts[bh]]``, each ``i * Lk + j`` (query ``i``, key ``j``), sorted. One thread owns a
+``idx[bh, :counts[bh]]``, each ``i * Lk + j`` (query ``i``, key ``j``), sorted; ``lse`` (the fused
+kernel's log-sum-exp per query row) is (batch, length, heads) too. One thread owns a
 whole block, so the scattered key/value-row updates of the backward never race.
 
 :func:`sample_blocks` draws the dropped entries: iid Bernoulli(p) over every entry, as the
@@ -96,7 +97,7 @@ def forward_correction(q, k, v, bias, lse, idx, counts, scale, min_bias, x):
             i = r // lk
             j = r - i * lk
             bb = bias[bb_b, bb_h, i if bias.shape[2] > 1 else 0, j]
-            li = lse[b, h, i]
+            li = lse[b, i, h]
             if bb <= min_bias or not math.isfinite(li):
                 continue
             qi = q[b, i, h]
@@ -129,7 +130,7 @@ def backward_correction(q, k, v, bias, lse, idx, counts, scale, min_bias, g, dq,
             i = r // lk
             j = r - i * lk
             bb = bias[bb_b, bb_h, i if bias.shape[2] > 1 else 0, j]
-            li = lse[b, h, i]
+            li = lse[b, i, h]
             if bb <= min_bias or not math.isfinite(li):
                 continue
             qi = q[b, i, h]

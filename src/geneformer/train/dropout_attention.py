@@ -113,6 +113,12 @@ def _blhd(t: torch.Tensor) -> np.ndarray:
     return (t if t.is_contiguous() else t.contiguous()).numpy()
 
 
+def _bhl_as_blh(lse: torch.Tensor) -> np.ndarray:
+    """The kernel's (B, H, L) log-sum-exp as a C-contiguous (B, L, H) array (its memory order)."""
+    t = lse.transpose(1, 2)
+    return (t if t.is_contiguous() else t.contiguous()).numpy()
+
+
 def _min_bias(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).min)
 
@@ -141,7 +147,7 @@ class _DropoutAttention(torch.autograd.Function):
         x, lse = _flash(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
         bias_np = (bias if bias is not None else q.new_zeros(1, 1, 1, lk)).detach().numpy()
         x_np = _blhd(x)
-        kernel.forward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, lse.numpy(), idx.numpy(),
+        kernel.forward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, _bhl_as_blh(lse), idx.numpy(),
                                   counts.numpy(), scale, _min_bias(q.dtype), x_np)
         if not np.shares_memory(x_np, x.detach().numpy()):
             x = torch.from_numpy(x_np).transpose(1, 2)
@@ -160,7 +166,7 @@ class _DropoutAttention(torch.autograd.Function):
         dq, dk, dv = _flash_backward(g, q, k, v, x, lse, 0.0, False, attn_mask=bias, scale=scale)
         grads = [_blhd(t) for t in (dq, dk, dv)]
         bias_np = (bias if bias is not None else q.new_zeros(1, 1, 1, k.shape[2])).detach().numpy()
-        kernel.backward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, lse.numpy(), idx.numpy(),
+        kernel.backward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, _bhl_as_blh(lse), idx.numpy(),
                                    counts.numpy(), scale, _min_bias(q.dtype), _blhd(g), *grads)
         out_grads = []
         for t, a in zip((dq, dk, dv), grads):
