@@ -289,3 +289,16 @@ def test_pretraining_checkpoints_are_plain_bert(golden_dir, tmp_path):
         data = json.loads((folder / "config.json").read_text())
         assert ATTN_IMPLEMENTATION not in json.dumps(data)
     _load_without_geneformer(res.model_dir)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_pretrainer_option(fused, tmp_path):
+    from transformers import TrainingArguments
+
+    from geneformer.train.pretraining import GeneformerPretrainer
+
+    model = _tiny_model()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    GeneformerPretrainer(model=model, args=args, token_dictionary={"<pad>": 0, "<mask>": 1, "g": 2},
+                         fused_attention_dropout=fused)
+    assert model.config._attn_implementation == (ATTN_IMPLEMENTATION if fused else "sdpa")
