@@ -52,6 +52,10 @@ def pretrain_command(
     resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in --output."),
     compute_length: bool = typer.Option(False, "--compute-length", help="Add a missing length column."),
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
+    fused_attention_dropout: bool = typer.Option(
+        True, "--fused-attention-dropout/--no-fused-attention-dropout",
+        help="Exact attention dropout at fused-kernel speed on CPU (off: PyTorch's slower sdpa dropout path).",
+    ),
 ) -> None:
     """Pretrain a Geneformer by masked-gene modelling, or continue training a checkpoint."""
     from ..train.pretraining import pretrain
@@ -78,6 +82,7 @@ def pretrain_command(
             resume_from_checkpoint=True if resume else None,
             compute_length=compute_length,
             dataloader_num_workers=workers,
+            fused_attention_dropout=fused_attention_dropout,
         )
     except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
         typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)

@@ -456,8 +456,11 @@ class Classifier:
                 f"The training labels go up to {int(flat.max())} but num_classes={num_classes}.")
         from .classifier_trainer import ClassifierTrainer, freeze_encoder_layers, trainer_metrics
 
+        from .dropout_attention import use_fused_attention_dropout
+
         n_freeze = (overrides or {}).get("freeze_layers", self.freeze_layers)
         freeze_encoder_layers(model, n_freeze)
+        use_fused_attention_dropout(model)  # exact attention dropout at the fused kernel's speed on CPU
         args = self._build_args(model, len(train_data), Path(output_directory), eval_data is not None, overrides)
         weights = cd.class_weights_for(flat, num_classes, self.class_weights)
         return ClassifierTrainer(model=model, args=args, data_collator=self._collator(), train_dataset=train_data,
