@@ -64,15 +64,15 @@ def test_bf16_fast_path_close_to_fp32(monkeypatch):
 def test_blocked_attention_equals_softmax_attention():
     torch.manual_seed(1)
     b, width, heads, size = 3, 37, 2, 8
-    q, k, v = (torch.randn(b, width, heads, size, dtype=torch.float64) for _ in range(3))
+    q, k, v = (torch.randn(b, heads, width, size, dtype=torch.float64) for _ in range(3))
     lengths = [37, 20, 1]
-    out = torch.full((b, width, heads, size), float("nan"), dtype=torch.float64)
+    out = torch.full((b, heads, width, size), float("nan"), dtype=torch.float64)
     blocked_attention(q, k, v, lengths, out, block=8)  # several query blocks, a partial last one
     for i, n in enumerate(lengths):
         for h in range(heads):
-            p = torch.softmax(q[i, :n, h] @ k[i, :n, h].T, dim=-1)
-            assert torch.allclose(out[i, :n, h], p @ v[i, :n, h], atol=1e-12)
-        assert (out[i, n:] == 0).all()  # padding rows are zero, never NaN
+            p = torch.softmax(q[i, h, :n] @ k[i, h, :n].T, dim=-1)
+            assert torch.allclose(out[i, h, :n], p @ v[i, h, :n], atol=1e-12)
+        assert (out[i, :, n:] == 0).all()  # padding rows are zero, never NaN
 
 
 def test_fast_layer_without_padding_and_buffers_reused():

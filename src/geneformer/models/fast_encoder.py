@@ -98,19 +98,20 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
                       out: torch.Tensor, block: int = QUERY_BLOCK) -> torch.Tensor:
     """Softmax attention per cell and head over each cell's first ``lengths[b]`` positions.
 
-    ``q``, ``k``, ``v`` and ``out`` are (B, L, heads, head_size) views; ``q`` is already scaled.
-    Rows past a cell's length are set to zero.
+    ``q``, ``k``, ``v`` and ``out`` are (B, heads, L, head_size), each head's rows contiguous (the
+    matrix products run ~1.5x faster on contiguous heads than on views into the stacked Q/K/V);
+    ``q`` is already scaled. Rows past a cell's length are set to zero.
     """
     for b, n in enumerate(lengths):
-        if n < out.shape[1]:
-            out[b, n:].zero_()
-        for h in range(q.shape[2]):
-            kt = k[b, :n, h].t()
-            vh = v[b, :n, h]
+        if n < out.shape[2]:
+            out[b, :, n:].zero_()
+        for h in range(q.shape[1]):
+            kt = k[b, h, :n].t()
+            vh = v[b, h, :n]
             for i in range(0, n, block):
                 j = min(i + block, n)
-                scores = torch.mm(q[b, i:j, h], kt)
-                torch.mm(torch.softmax(scores, dim=-1), vh, out=out[b, i:j, h])
+                scores = torch.mm(q[b, h, i:j], kt)
+                torch.mm(torch.softmax(scores, dim=-1), vh, out=out[b, h, i:j])
     return out
 
 
@@ -168,14 +169,16 @@ def _forward(block: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | No
     x = hidden.to(dtype)
     heads, size = w.heads, w.head_size
     qkv = _linear(x, w.w_qkv, w.b_qkv, ws, "qkv").view(b, width, 3, heads, size)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if lengths is not None:
-        ctx = blocked_attention(q, k, v, lengths, _buffer(ws, "context", (b, width, heads, size), x))
+        # (3, B, heads, L, size): each head's rows contiguous for the per-head matrix products
+        heads_first = _buffer(ws, "heads", (3, b, heads, width, size), x)
+        heads_first.copy_(qkv.permute(2, 0, 3, 1, 4))
+        q, k, v = heads_first
+        ctx = blocked_attention(q, k, v, lengths, _buffer(ws, "context", (b, heads, width, size), x))
     else:
-        ctx = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_mask, scale=w.scale
-        ).transpose(1, 2)
-    ctx = ctx.reshape(b, width, heads * size)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=w.scale)
+    ctx = ctx.transpose(1, 2).reshape(b, width, heads * size)
     att = _linear(ctx, w.w_o, w.b_o, ws, "attention")
     att += x
     att = F.layer_norm(att, *w.ln1)
