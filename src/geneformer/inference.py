@@ -248,11 +248,13 @@ def forward_hidden(
     layer: int,
     *,
     attention_layers: Sequence[int] = (),
+    workspace: dict | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Hidden states after ``layer`` encoder layers (0 = embedding output), running no further layers.
 
     ``attention_layers`` (1-based, ≤ layer) asks for those layers' attention probabilities, which needs
-    a model loaded with eager attention. Returns ``(hidden, {layer: (B, heads, L, L)})``.
+    a model loaded with eager attention. ``workspace``: a dict to keep the layers' scratch buffers in
+    from one call to the next (see ``models.fast_encoder``). Returns ``(hidden, {layer: (B, heads, L, L)})``.
     """
     attention_layers = tuple(int(a) for a in attention_layers)
     if not _can_stop_early(model):  # any other architecture: full forward, pick the layer
@@ -269,7 +271,8 @@ def forward_hidden(
         mask = _key_padding_mask(base.config, hidden, attention_mask)
     atts: dict[int, torch.Tensor] = {}
     kept = hidden
-    fast_dtype, workspace = _fast_dtype(hidden), {}
+    fast_dtype = _fast_dtype(hidden)
+    workspace = {} if workspace is None else workspace
     for i, block in enumerate(base.encoder.layer[: max((layer, *attention_layers))], start=1):
         if i in attention_layers:
             hidden, atts[i] = _layer_with_attention(block, hidden, mask, base.config)
@@ -396,17 +399,20 @@ def iter_forward(
 
         bar = tqdm(total=len(subset), desc=desc, unit="cell", disable=not progress, leave=False)
         pending = list(reversed(batches))  # a stack, so that a split batch is retried next
+        workspace: dict = {}  # the layers' scratch buffers, reused from batch to batch
         with torch.inference_mode(), _autocast(dev, amp, model):
             while pending:
                 batch_rows = pending.pop()
                 input_ids, mask, lens = collate(seqs, batch_rows, pad_id, dev)
                 try:
-                    hidden, atts = forward_hidden(model, input_ids, mask, layer, attention_layers=attention_layers)
+                    hidden, atts = forward_hidden(model, input_ids, mask, layer, attention_layers=attention_layers,
+                                                  workspace=workspace)
                 except torch.OutOfMemoryError:
                     if len(batch_rows) == 1:
                         raise
                     # out of GPU memory: retry the batch as two halves
                     del input_ids, mask, lens
+                    workspace.clear()
                     if dev.type == "cuda":
                         torch.cuda.empty_cache()
                     half = len(batch_rows) // 2

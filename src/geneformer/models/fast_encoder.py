@@ -136,8 +136,8 @@ def fast_layer_forward(block: Any, hidden: torch.Tensor, attention_mask: torch.T
         key_mask: the same as a (B, 1, 1, L) boolean key mask for SDPA (None when no padding).
         dtype: compute dtype (None: the hidden states' dtype). bf16/fp16 on CPU uses the blocked
             attention when the padding is on the right.
-        workspace: a dict kept across the layers of one batch; the layer's scratch buffers live in
-            it and are reused by the next layer instead of being allocated anew.
+        workspace: a dict kept across layers (and batches); the layer's scratch buffers live in it
+            and are reused by the next layer instead of being allocated anew.
     """
     dtype = dtype or hidden.dtype
     with torch.autocast(hidden.device.type, enabled=False):
@@ -145,10 +145,15 @@ def fast_layer_forward(block: Any, hidden: torch.Tensor, attention_mask: torch.T
 
 
 def _buffer(workspace: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    buf = workspace.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-        buf = workspace[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
-    return buf
+    """A scratch tensor of ``shape``, carved from a flat buffer that only ever grows, so that the
+    batches of one run (whose widths differ a little) keep reusing the same memory."""
+    size = 1
+    for n in shape:
+        size *= n
+    flat = workspace.get(name)
+    if flat is None or flat.numel() < size or flat.dtype != like.dtype or flat.device != like.device:
+        flat = workspace[name] = torch.empty(size, dtype=like.dtype, device=like.device)
+    return flat[:size].view(shape)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, workspace: dict, name: str) -> torch.Tensor:
