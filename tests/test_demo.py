@@ -28,3 +28,15 @@ def test_demo_with_a_model_folder(golden_dir, tmp_path, monkeypatch):
     report = run(tmp_path / "demo", finetune_epochs=0.2)
     assert report["vocab_size"] == 25426 and report["tokenized"] == 700
     assert report["perturbations"] > 0 and (tmp_path / "demo" / "goal_state_shift.csv").exists()
+
+
+def test_a_new_run_replaces_the_previous_runs_outputs(tmp_path):
+    from geneformer.demo import _clear_previous_run
+
+    (tmp_path / "finetune" / "model").mkdir(parents=True)
+    (tmp_path / "finetune" / "model" / "config.json").write_text("{}")
+    (tmp_path / "pretrain" / "checkpoint-5").mkdir(parents=True)
+    (tmp_path / "report.txt").write_text("old")
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    _clear_previous_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

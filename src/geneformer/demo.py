@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -176,11 +177,27 @@ def goal_state_perturbation(dataset, model_dir: str, vocab, vocab_dir: Path | No
             "goal_state_stats": str(output / "goal_state_shift.csv")}
 
 
+#: What a demo run writes into its output folder; a new run replaces these and nothing else.
+DEMO_OUTPUTS = ("vocab", "pbmc68k.dataset", "pretrain", "finetune", "perturb", "report.txt")
+
+
+def _clear_previous_run(output: Path) -> None:
+    """Remove a previous demo run's outputs, so that ``make demo`` always starts fresh (pretraining
+    would otherwise resume from the old checkpoints, and fine-tuning refuses an existing model)."""
+    for name in DEMO_OUTPUTS:
+        path = output / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def run(output: Path, pretrain_steps: int = PRETRAIN_STEPS, finetune_epochs: float = FINETUNE_EPOCHS,
         model: str | None = None) -> dict:
     """Run the demo into ``output``; with ``model`` (a zoo name or folder, default ``$GENEFORMER_MODEL``)
     the published model and vocabulary replace the demo's own vocabulary and mini pretraining."""
     output.mkdir(parents=True, exist_ok=True)
+    _clear_previous_run(output)
     report: dict = {}
     t0 = time.perf_counter()
     adata = load_pbmc68k_counts()
