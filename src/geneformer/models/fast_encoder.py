@@ -98,9 +98,9 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
                       out: torch.Tensor, block: int = QUERY_BLOCK) -> torch.Tensor:
     """Softmax attention per cell and head over each cell's first ``lengths[b]`` positions.
 
-    ``q``, ``k``, ``v`` and ``out`` are (B, heads, L, head_size), each head's rows contiguous (the
-    matrix products run ~1.5x faster on contiguous heads than on views into the stacked Q/K/V);
-    ``q`` is already scaled. Rows past a cell's length are set to zero.
+    ``q``, ``k``, ``v`` and ``out`` are (B, heads, L, head_size), each head's rows contiguous (in a
+    micro-benchmark the per-head products ran up to 1.5x faster so than on strided views into the
+    stacked Q/K/V); ``q`` is already scaled. Rows past a cell's length are set to zero.
     """
     for b, n in enumerate(lengths):
         if n < out.shape[2]:
