@@ -99,7 +99,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
     """Softmax attention per cell and head over each cell's first ``lengths[b]`` positions.
 
     ``q``, ``k``, ``v`` and ``out`` are (B, heads, L, head_size), each head's rows contiguous (in a
-    micro-benchmark the per-head products ran up to 1.5x faster so than on strided views into the
+    micro-benchmark the per-head products ran up to 1.5x faster than on strided views into the
     stacked Q/K/V); ``q`` is already scaled. Rows past a cell's length are set to zero.
     """
     for b, n in enumerate(lengths):
