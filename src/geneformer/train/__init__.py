@@ -31,7 +31,6 @@ _EXPORTS = {
     "predict": "finetune",
     "load_finetuned": "lora",
     "quantize_dynamic_int8": "lora",
-    "dropout_attention": "dropout_attention",
     "use_fused_attention_dropout": "dropout_attention",
 }
 
