@@ -122,3 +122,25 @@ def test_fast_path_only_where_it_applies():
         lora = peft.get_peft_model(_model(), peft.LoraConfig(r=2, target_modules=["query", "value"]))
         wrapped = lora.base_model.model.encoder.layer[0]
         assert not supports_fast_layer(wrapped, lora.base_model.model.config)
+
+
+@pytest.mark.parametrize("kind", ["cell", "gene"])
+def test_classifier_predictions_through_the_fast_path_equal_the_model(kind):
+    from transformers import BertForSequenceClassification, BertForTokenClassification
+
+    from geneformer.inference import run_model
+
+    cls = BertForSequenceClassification if kind == "cell" else BertForTokenClassification
+    torch.manual_seed(0)
+    cfg = _model().config
+    cfg.num_labels = 3
+    model = cls(cfg).eval()
+    rng = np.random.default_rng(0)
+    cells = [rng.integers(2, 64, n) for n in (70, 33, 5, 70, 12)]
+    got = {int(r): out.logits[j] for rows, out in run_model(model, cells, batch_size=2, progress=False)
+           for j, r in enumerate(rows)}
+    for i, cell in enumerate(cells):
+        with torch.inference_mode():
+            ref = model(input_ids=torch.as_tensor(cell)[None]).logits[0]
+        mine = got[i] if kind == "cell" else got[i][: len(cell)]
+        assert torch.allclose(mine, ref, atol=1e-5)

@@ -446,10 +446,31 @@ def run_model(model: Any, data: Any, *, batch_size: int | None = None, device: A
     from tqdm.auto import tqdm
 
     model.eval()
+    workspace: dict = {}
     with torch.inference_mode(), _autocast(dev, amp, model):
         bar = tqdm(total=len(seqs), desc=desc, unit="cell", disable=not progress, leave=False)
         for rows in make_batches(seqs.lengths, batch_size, token_budget):
             input_ids, mask, _ = collate(seqs, rows, 0, dev)
-            yield rows, model(input_ids=input_ids, attention_mask=mask)
+            out = _classifier_forward(model, input_ids, mask, workspace)
+            yield rows, out if out is not None else model(input_ids=input_ids, attention_mask=mask)
             bar.update(len(rows))
         bar.close()
+
+
+def _classifier_forward(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, workspace: dict) -> Any:
+    """A plain BERT cell or gene classifier's outputs, its encoder run through ``forward_hidden``
+    (and so the fast layers); None for any other model (PEFT-wrapped, custom heads), which then
+    runs its own forward."""
+    from torch import nn
+    from transformers import BertForSequenceClassification, BertForTokenClassification
+    from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+
+    kind = type(model)
+    if kind not in (BertForSequenceClassification, BertForTokenClassification) or type(model.classifier) is not nn.Linear:
+        return None
+    if kind is BertForSequenceClassification and model.bert.pooler is None:
+        return None
+    hidden, _ = forward_hidden(model, input_ids, mask, n_layers(model), workspace=workspace)
+    if kind is BertForTokenClassification:
+        return TokenClassifierOutput(logits=model.classifier(model.dropout(hidden)))
+    return SequenceClassifierOutput(logits=model.classifier(model.dropout(model.bert.pooler(hidden))))
