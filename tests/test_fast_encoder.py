@@ -144,3 +144,17 @@ def test_classifier_predictions_through_the_fast_path_equal_the_model(kind):
             ref = model(input_ids=torch.as_tensor(cell)[None]).logits[0]
         mine = got[i] if kind == "cell" else got[i][: len(cell)]
         assert torch.allclose(mine, ref, atol=1e-5)
+
+
+def test_fp16_keeps_the_module_forward(monkeypatch):
+    # a pure fp16 residual stream could overflow; fp16 runs the module under autocast instead
+    model = _model()
+    ids, mask, _ = _batch()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("fast path used in fp16")
+
+    monkeypatch.setattr(inference, "fast_layer_forward", fail)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.float16):
+        hidden, _ = forward_hidden(model, ids, mask, 3)
+    assert torch.isfinite(hidden[mask.bool()]).all()

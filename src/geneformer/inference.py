@@ -276,7 +276,9 @@ def forward_hidden(
     for i, block in enumerate(base.encoder.layer[: max((layer, *attention_layers))], start=1):
         if i in attention_layers:
             hidden, atts[i] = _layer_with_attention(block, hidden, mask, base.config)
-        elif supports_fast_layer(block, base.config):
+        elif fast_dtype != torch.float16 and supports_fast_layer(block, base.config):
+            # (fp16 stays with the module under autocast, whose residual stream is fp32: a pure fp16
+            # residual stream could overflow; bf16 has fp32's range)
             sdpa_mask = None if mask is None else attention_mask.bool()[:, None, None, :]
             hidden = fast_layer_forward(block, hidden, None if mask is None else attention_mask, sdpa_mask,
                                         fast_dtype, workspace)

@@ -6,7 +6,7 @@ is scheduled:
 - Q, K and V come from one matrix product with the three weights stacked, and residual additions
   and the activation run in place, so that each layer allocates (and the OS faults in) far fewer
   fresh activation buffers; on a small VM those page faults cost as much as the element-wise work.
-- In bf16/fp16 on CPU the layer runs in that dtype throughout (weights cast once and cached) instead
+- In bf16 on CPU the layer runs in bf16 throughout (weights cast once and cached) instead
   of autocast re-casting every weight and activation at every call, and attention is computed per
   cell and head in query blocks, over the cell's own length only: two plain matrix products and a
   softmax per block. PyTorch's fused CPU attention kernel has no fast bf16 path on CPUs without AMX,
@@ -134,7 +134,7 @@ def fast_layer_forward(block: Any, hidden: torch.Tensor, attention_mask: torch.T
     Args:
         attention_mask: (B, L) 1 for real genes, 0 for padding; None means no padding.
         key_mask: the same as a (B, 1, 1, L) boolean key mask for SDPA (None when no padding).
-        dtype: compute dtype (None: the hidden states' dtype). bf16/fp16 on CPU uses the blocked
+        dtype: compute dtype (None: the hidden states' dtype). bf16 on CPU uses the blocked
             attention when the padding is on the right.
         workspace: a dict kept across layers (and batches); the layer's scratch buffers live in it
             and are reused by the next layer instead of being allocated anew.
@@ -168,7 +168,7 @@ def _forward(block: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | No
              key_mask: torch.Tensor | None, dtype: torch.dtype, ws: dict) -> torch.Tensor:
     b, width, _ = hidden.shape
     lengths = None
-    if hidden.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+    if hidden.device.type == "cpu" and dtype == torch.bfloat16:
         lengths = _lengths_if_prefix(attention_mask, b, width)
     w = _LayerWeights(block, dtype, fold_scale=lengths is not None)
     x = hidden.to(dtype)
