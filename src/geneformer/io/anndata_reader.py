@@ -128,7 +128,3 @@ class AnnDataReader(CellReader):
     def reopen_args(self) -> tuple | None:
         return None if self.path is None else (self.path, {"layer": self.layer})
 
-    def close(self) -> None:
-        f, self._file = self._file, None
-        if f is not None and hasattr(f, "close"):
-            f.close()

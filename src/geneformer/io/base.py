@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ class CellReader(ABC):
 
     path: str | None = None
     format: str = ""
+    _file: Any = None  # the open file or store, closed by close()
     # subclasses set these when opening
     _n: int = 0
     _var: pd.DataFrame
@@ -59,8 +61,29 @@ class CellReader(ABC):
         """Arguments for :func:`geneformer.io.open_reader` that reopen this file in a worker, or None."""
         return None
 
-    def close(self) -> None:  # pragma: no cover - trivial
-        pass
+    def close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None and hasattr(f, "close"):  # zarr groups have nothing to close
+            f.close()
+
+    def _open_h5(self, init: Callable[[Any], None], kind: str) -> None:
+        """Open ``self.path`` with h5py and run ``init(file)`` to read the layout. Any failure closes
+        the file and raises InputFileError naming it; ``kind`` says what the file should be."""
+        import h5py
+
+        p = Path(self.path)
+        if not p.is_file():
+            raise InputFileError(f"Input file {p} does not exist.")
+        try:
+            self._file = h5py.File(p, "r")
+            init(self._file)
+        except InputFileError:
+            self.close()
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            self.close()
+            raise InputFileError(f"Could not read {self.describe()}: {exc}. The file may be truncated or "
+                                 f"not {kind}.") from exc
 
     def __enter__(self) -> "CellReader":
         return self

@@ -9,7 +9,6 @@ read-only, so unlike the reference tokenizer nothing is ever written into the in
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,37 +61,24 @@ class LoomReader(CellReader):
     format = "loom"
 
     def __init__(self, path: str | os.PathLike, layer: str | None = None):
-        import h5py
-
         self.path = str(path)
         self.layer = layer
-        self._file = None
-        p = Path(self.path)
-        if not p.is_file():
-            raise InputFileError(f"Input file {p} does not exist.")
-        try:
-            self._file = h5py.File(p, "r")
-            f = self._file
-            key = "matrix" if layer in (None, "", "matrix") else f"layers/{layer}"
-            if key not in f:
-                layers = list(f["layers"].keys()) if "layers" in f else []
-                raise InputFileError(f"{self.describe()} has no {key!r} dataset (layers: {layers}).")
-            self._X = f[key]
-            if self._X.ndim != 2:
-                raise InputFileError(f"{self.describe()}: {key!r} is not a 2-D matrix.")
-            self._n_genes, self._n = (int(s) for s in self._X.shape)
-            if "row_attrs" not in f or "col_attrs" not in f:
-                raise InputFileError(f"{self.describe()} lacks /row_attrs or /col_attrs; is it a loom file?")
-            self._var = _attr_table(f["row_attrs"], GENE_INDEX_ATTRS, n=self._n_genes)
-        except InputFileError:
-            self.close()
-            raise
-        except (OSError, ValueError, KeyError) as exc:
-            self.close()
-            raise InputFileError(f"Could not read {self.describe()}: {exc}. "
-                                 "The file may be truncated or not a loom file.") from exc
+        self._open_h5(self._init_layout, "a loom file")
+
+    def _init_layout(self, f) -> None:
+        layer = self.layer
+        key = "matrix" if layer in (None, "", "matrix") else f"layers/{layer}"
+        if key not in f:
+            layers = list(f["layers"].keys()) if "layers" in f else []
+            raise InputFileError(f"{self.describe()} has no {key!r} dataset (layers: {layers}).")
+        self._X = f[key]
+        if self._X.ndim != 2:
+            raise InputFileError(f"{self.describe()}: {key!r} is not a 2-D matrix.")
+        self._n_genes, self._n = (int(s) for s in self._X.shape)
+        if "row_attrs" not in f or "col_attrs" not in f:
+            raise InputFileError(f"{self.describe()} lacks /row_attrs or /col_attrs; is it a loom file?")
+        self._var = _attr_table(f["row_attrs"], GENE_INDEX_ATTRS, n=self._n_genes)
         if len(self._var) != self._n_genes:
-            self.close()
             raise InputFileError(f"{self.describe()}: {len(self._var)} gene attributes for a matrix with "
                                  f"{self._n_genes} rows.")
 
@@ -134,7 +120,3 @@ class LoomReader(CellReader):
     def reopen_args(self) -> tuple:
         return (self.path, {"layer": self.layer})
 
-    def close(self) -> None:
-        f, self._file = self._file, None
-        if f is not None:
-            f.close()

@@ -73,24 +73,9 @@ class TenxH5Reader(CellReader):
     format = "10x_h5"
 
     def __init__(self, path: str | os.PathLike, genome: str | None = None):
-        import h5py
-
         self.path = str(path)
         self.genome = genome
-        self._file = None
-        p = Path(self.path)
-        if not p.is_file():
-            raise InputFileError(f"Input file {p} does not exist.")
-        try:
-            self._file = h5py.File(p, "r")
-            self._init_layout(self._file)
-        except InputFileError:
-            self.close()
-            raise
-        except (OSError, ValueError, KeyError) as exc:
-            self.close()
-            raise InputFileError(f"Could not read {self.describe()}: {exc}. The file may be truncated or "
-                                 "not a Cell Ranger feature-barcode matrix.") from exc
+        self._open_h5(self._init_layout, "a Cell Ranger feature-barcode matrix")
 
     def _init_layout(self, f) -> None:
         if "matrix" in f and "features" in f["matrix"]:  # Cell Ranger v3+
@@ -151,10 +136,6 @@ class TenxH5Reader(CellReader):
     def reopen_args(self) -> tuple:
         return (self.path, {"genome": self.genome})
 
-    def close(self) -> None:
-        f, self._file = self._file, None
-        if f is not None:
-            f.close()
 
 
 def _find(folder: Path, *names: str) -> Path | None:
