@@ -14,6 +14,29 @@ from dataclasses import asdict, dataclass, field
 HUB_REPO = "ctheodoris/Geneformer"
 
 
+def bert_config_kwargs(vocab_size: int, layers: int, hidden: int, heads: int, intermediate: int,
+                       input_size: int, dropout: float, pad_token_id: int = 0) -> dict:
+    """``BertConfig`` keyword arguments of a Geneformer architecture: every published checkpoint is
+    post-LayerNorm BERT with learned absolute positions, ReLU, ``layer_norm_eps=1e-12``; only the
+    sizes differ."""
+    return dict(
+        vocab_size=int(vocab_size),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=input_size,
+        hidden_act="relu",
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        layer_norm_eps=1e-12,
+        initializer_range=0.02,
+        pad_token_id=pad_token_id,
+        type_vocab_size=2,
+        position_embedding_type="absolute",
+    )
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One published checkpoint: hub location, vocabulary and architecture."""
@@ -52,22 +75,8 @@ class ModelSpec:
 
     def bert_config_kwargs(self) -> dict:
         """Keyword arguments for ``transformers.BertConfig`` reproducing this architecture."""
-        return dict(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            intermediate_size=self.intermediate_size,
-            max_position_embeddings=self.input_size,
-            hidden_act="relu",
-            hidden_dropout_prob=self.dropout,
-            attention_probs_dropout_prob=self.dropout,
-            layer_norm_eps=1e-12,
-            initializer_range=0.02,
-            pad_token_id=0,
-            type_vocab_size=2,
-            position_embedding_type="absolute",
-        )
+        return bert_config_kwargs(self.vocab_size, self.num_layers, self.hidden_size, self.num_heads,
+                                  self.intermediate_size, self.input_size, self.dropout)
 
 
 # The 2024 hub layout (the gf-* seed names) was replaced on the hub's default branch in 2025. No

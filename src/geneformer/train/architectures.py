@@ -1,8 +1,8 @@
 """BERT configurations of the published Geneformer architectures, plus a tiny one for tests.
 
-Every published checkpoint is a plain Hugging Face ``BertForMaskedLM``: post-LayerNorm BERT with
-learned absolute positions, ReLU activations, ``layer_norm_eps=1e-12`` and ``<pad>`` = 0. Only the
-sizes differ. ``vocab_size`` is never part of a preset: it comes from the gene vocabulary in use.
+Every published checkpoint is a plain Hugging Face ``BertForMaskedLM`` (see
+``models.zoo.bert_config_kwargs``); only the sizes differ, and those come from the model zoo.
+``vocab_size`` is never part of a preset: it comes from the gene vocabulary in use.
 """
 
 from __future__ import annotations
@@ -14,16 +14,26 @@ from typing import Any
 
 from transformers import BertConfig
 
-# name -> (layers, hidden, heads, intermediate, max positions, dropout, vocabulary version)
+from ..models.zoo import bert_config_kwargs, get_spec
+
+
+def _published(zoo_name: str) -> tuple[int, int, int, int, int, float, str | None]:
+    spec = get_spec(zoo_name)
+    return (spec.num_layers, spec.hidden_size, spec.num_heads, spec.intermediate_size, spec.input_size,
+            spec.dropout, spec.vocab_version)
+
+
+# name -> (layers, hidden, heads, intermediate, max positions, dropout, vocabulary version); the
+# published architectures' numbers come from the model zoo
 _PRESETS: dict[str, tuple[int, int, int, int, int, float, str | None]] = {
     # V1, Genecorpus-30M vocabulary, 2,048 input genes, no <cls>/<eos>
-    "gf-6L-30M-i2048": (6, 256, 4, 512, 2048, 0.02, "V1"),  # = Geneformer-V1-10M
-    "gf-12L-30M-i2048": (12, 512, 8, 1024, 2048, 0.02, "V1"),
+    "gf-6L-30M-i2048": _published("Geneformer-V1-10M"),
+    "gf-12L-30M-i2048": _published("gf-12L-30M-i2048"),
     # V2, Genecorpus-104M vocabulary, 4,096 input tokens with <cls>/<eos>
-    "gf-12L-95M-i4096": (12, 512, 8, 1024, 4096, 0.02, "V2"),
-    "gf-12L-104M-i4096": (12, 768, 12, 3072, 4096, 0.1, "V2"),  # = Geneformer-V2-104M
-    "gf-18L-316M-i4096": (18, 1152, 18, 4608, 4096, 0.1, "V2"),  # = Geneformer-V2-316M
-    "gf-20L-95M-i4096": (20, 896, 14, 1792, 4096, 0.02, "V2"),
+    "gf-12L-95M-i4096": _published("gf-12L-95M-i4096"),
+    "gf-12L-104M-i4096": _published("Geneformer-V2-104M"),
+    "gf-18L-316M-i4096": _published("Geneformer-V2-316M"),
+    "gf-20L-95M-i4096": _published("gf-20L-95M-i4096"),
     # a few thousand parameters plus the embeddings: for tests and smoke runs only
     "tiny": (2, 32, 2, 64, 2048, 0.0, None),
 }
@@ -59,22 +69,7 @@ def architecture_config(name: str, vocab_size: int, *, pad_token_id: int = 0, **
     ``overrides`` replace any field (e.g. ``max_position_embeddings=256`` for short corpora).
     """
     layers, hidden, heads, inter, max_pos, dropout, _ = _PRESETS[_canonical(name)]
-    fields: dict[str, Any] = dict(
-        vocab_size=int(vocab_size),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=max_pos,
-        hidden_act="relu",
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        initializer_range=0.02,
-        layer_norm_eps=1e-12,
-        pad_token_id=pad_token_id,
-        type_vocab_size=2,
-        position_embedding_type="absolute",
-    )
+    fields = bert_config_kwargs(vocab_size, layers, hidden, heads, inter, max_pos, dropout, pad_token_id)
     fields.update(overrides)
     return finalize_config(BertConfig(**fields))
 
