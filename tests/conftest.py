@@ -62,3 +62,31 @@ def vocab_v2(dicts_dir):
     from geneformer.vocab import GeneVocab
 
     return GeneVocab.load("V2")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared machine train several times faster on one thread
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mini_v1(golden_dir):
+    """The reference's mini V1 model (../shared/golden/models/mini-V1)."""
+    from geneformer.models import load_model
+
+    return load_model(golden_dir / "models" / "mini-V1", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def mini_v2(golden_dir):
+    """The reference's mini V2 model (../shared/golden/models/mini-V2)."""
+    from geneformer.models import load_model
+
+    return load_model(golden_dir / "models" / "mini-V2", device="cpu")

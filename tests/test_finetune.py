@@ -28,12 +28,7 @@ N_PER_CLASS = 40
 CROP = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save_tiny(folder: Path, vocab_size: int, seed: int = 0) -> Path:

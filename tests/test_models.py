@@ -22,16 +22,6 @@ from geneformer.models import (
 
 
 @pytest.fixture(scope="module")
-def mini_v1(golden_dir):
-    return load_model(golden_dir / "models" / "mini-V1", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def mini_v2(golden_dir):
-    return load_model(golden_dir / "models" / "mini-V2", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def pbmc_v1(golden_dir):
     import datasets
 

@@ -33,20 +33,6 @@ def gold(golden_dir):
     return golden_dir
 
 
-@pytest.fixture(scope="module")
-def mini_v1(golden_dir):
-    from geneformer.models import load_model
-
-    return load_model(golden_dir / "models" / "mini-V1", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def mini_v2(golden_dir):
-    from geneformer.models import load_model
-
-    return load_model(golden_dir / "models" / "mini-V2", device="cpu")
-
-
 def _small(path, lengths, special, label_col):
     """A few real cells cut to the given lengths (V2 cells keep <cls> first and <eos> last)."""
     import datasets

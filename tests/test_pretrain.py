@@ -27,13 +27,7 @@ N_CELLS, CROP = 64, 128
 QUIET = dict(report_to="none", disable_tqdm=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared machine train several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _crop(ds, n_tokens: int):
