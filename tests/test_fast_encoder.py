@@ -81,9 +81,9 @@ def test_fast_layer_without_padding_and_buffers_reused():
     hidden = model.embeddings(input_ids=ids)
     ws: dict = {}
     with torch.inference_mode():
-        a = fast_layer_forward(model.encoder.layer[0], hidden, None, None, workspace=ws)
+        a = fast_layer_forward(model.encoder.layer[0], hidden, None, workspace=ws)
         buffers = {k: v.data_ptr() for k, v in ws.items()}
-        b = fast_layer_forward(model.encoder.layer[1], a, None, None, workspace=ws)
+        b = fast_layer_forward(model.encoder.layer[1], a, None, workspace=ws)
         ref = model.encoder.layer[1](model.encoder.layer[0](hidden, None), None)
     assert {k: v.data_ptr() for k, v in ws.items()} == buffers
     assert torch.allclose(b, ref[0] if isinstance(ref, tuple) else ref, atol=1e-5)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .models.fast_encoder import fast_layer_forward, supports_fast_layer
+from .models.fast_encoder import fast_layer_forward, right_padded_lengths, supports_fast_layer
 from .models.loading import model_input_size, n_layers, resolve_device, resolve_dtype
 from .models.zoo import vocab_version_for_size
 
@@ -273,15 +273,17 @@ def forward_hidden(
     kept = hidden
     fast_dtype = _fast_dtype(hidden)
     workspace = {} if workspace is None else workspace
+    fast_mask = None if mask is None else attention_mask.bool()[:, None, None, :]
+    fast_lengths = None
+    if hidden.device.type == "cpu" and fast_dtype == torch.bfloat16:  # the blocked attention's cell lengths
+        fast_lengths = right_padded_lengths(None if mask is None else attention_mask, *input_ids.shape)
     for i, block in enumerate(base.encoder.layer[: max((layer, *attention_layers))], start=1):
         if i in attention_layers:
             hidden, atts[i] = _layer_with_attention(block, hidden, mask, base.config)
         elif fast_dtype != torch.float16 and supports_fast_layer(block, base.config):
             # (fp16 stays with the module under autocast, whose residual stream is fp32: a pure fp16
             # residual stream could overflow; bf16 has fp32's range)
-            sdpa_mask = None if mask is None else attention_mask.bool()[:, None, None, :]
-            hidden = fast_layer_forward(block, hidden, None if mask is None else attention_mask, sdpa_mask,
-                                        fast_dtype, workspace)
+            hidden = fast_layer_forward(block, hidden, fast_mask, fast_dtype, workspace, fast_lengths)
         else:
             out = block(hidden, mask)
             hidden = out[0] if isinstance(out, tuple) else out

@@ -115,7 +115,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
     return out
 
 
-def _lengths_if_prefix(attention_mask: torch.Tensor | None, batch: int, width: int) -> list[int] | None:
+def right_padded_lengths(attention_mask: torch.Tensor | None, batch: int, width: int) -> list[int] | None:
     """Per-cell lengths when every mask row is ones then zeros (right padding), else None."""
     if attention_mask is None:
         return [width] * batch
@@ -126,22 +126,25 @@ def _lengths_if_prefix(attention_mask: torch.Tensor | None, batch: int, width: i
     return [int(n) for n in lengths.tolist()]
 
 
-def fast_layer_forward(block: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
-                       key_mask: torch.Tensor | None, dtype: torch.dtype | None = None,
-                       workspace: dict | None = None) -> torch.Tensor:
+def fast_layer_forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor | None,
+                       dtype: torch.dtype | None = None, workspace: dict | None = None,
+                       lengths: list[int] | None = None) -> torch.Tensor:
     """One encoder layer's output for ``hidden`` (B, L, H), as ``block(hidden, key_mask)`` computes it.
 
     Args:
-        attention_mask: (B, L) 1 for real genes, 0 for padding; None means no padding.
-        key_mask: the same as a (B, 1, 1, L) boolean key mask for SDPA (None when no padding).
-        dtype: compute dtype (None: the hidden states' dtype). bf16 on CPU uses the blocked
-            attention when the padding is on the right.
+        key_mask: a (B, 1, 1, L) boolean key mask for SDPA (None when no padding).
+        dtype: compute dtype (None: the hidden states' dtype).
         workspace: a dict kept across layers (and batches); the layer's scratch buffers live in it
             and are reused by the next layer instead of being allocated anew.
+        lengths: the cells' lengths when the batch is padded on the right
+            (:func:`right_padded_lengths`, computed once per batch); with bf16 on CPU they select
+            the blocked attention.
     """
     dtype = dtype or hidden.dtype
+    if hidden.device.type != "cpu" or dtype != torch.bfloat16:
+        lengths = None
     with torch.autocast(hidden.device.type, enabled=False):
-        return _forward(block, hidden, attention_mask, key_mask, dtype, {} if workspace is None else workspace)
+        return _forward(block, hidden, key_mask, dtype, {} if workspace is None else workspace, lengths)
 
 
 def _buffer(workspace: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -164,12 +167,9 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, workspace
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def _forward(block: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
-             key_mask: torch.Tensor | None, dtype: torch.dtype, ws: dict) -> torch.Tensor:
+def _forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor | None, dtype: torch.dtype, ws: dict,
+             lengths: list[int] | None) -> torch.Tensor:
     b, width, _ = hidden.shape
-    lengths = None
-    if hidden.device.type == "cpu" and dtype == torch.bfloat16:
-        lengths = _lengths_if_prefix(attention_mask, b, width)
     w = _LayerWeights(block, dtype, fold_scale=lengths is not None)
     x = hidden.to(dtype)
     heads, size = w.heads, w.head_size
