@@ -9,7 +9,8 @@ from transformers import BertConfig, BertModel
 
 from geneformer import inference
 from geneformer.inference import as_sequences, collate, forward_hidden
-from geneformer.models.fast_encoder import blocked_attention, fast_layer_forward, supports_fast_layer
+from geneformer.models.fast_encoder import (fast_embeddings, fast_layer_forward, supports_fast_embeddings,
+                                           supports_fast_layer)
 
 
 def _model(act: str = "relu", **kw) -> BertModel:
@@ -61,20 +62,6 @@ def test_bf16_fast_path_close_to_fp32(monkeypatch):
     assert torch.isfinite(fast[real]).all()
 
 
-def test_blocked_attention_equals_softmax_attention():
-    torch.manual_seed(1)
-    b, width, heads, size = 3, 37, 2, 8
-    q, k, v = (torch.randn(b, heads, width, size, dtype=torch.float64) for _ in range(3))
-    lengths = [37, 20, 1]
-    out = torch.full((b, heads, width, size), float("nan"), dtype=torch.float64)
-    blocked_attention(q, k, v, lengths, out, block=8)  # several query blocks, a partial last one
-    for i, n in enumerate(lengths):
-        for h in range(heads):
-            p = torch.softmax(q[i, h, :n] @ k[i, h, :n].T, dim=-1)
-            assert torch.allclose(out[i, h, :n], p @ v[i, h, :n], atol=1e-12)
-        assert (out[i, :, n:] == 0).all()  # padding rows are zero, never NaN
-
-
 def test_fast_layer_without_padding_and_buffers_reused():
     model = _model()
     ids, mask, _ = _batch((30, 30))
@@ -102,6 +89,25 @@ def test_weights_changed_between_calls_are_seen():
     ref = ref[0] if isinstance(ref, tuple) else ref
     assert not torch.allclose(before, after)
     assert torch.allclose(after[mask.bool()], ref[mask.bool()], atol=1e-5)
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_fast_embeddings_equal_the_module(amp):
+    model = _model()
+    ids, _, _ = _batch()
+    ws: dict = {}
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None):
+        assert supports_fast_embeddings(model.embeddings)
+        ref = model.embeddings(input_ids=ids)
+        fast = fast_embeddings(model.embeddings, ids, ws)
+        buffer = ws["embeddings"].data_ptr()
+        again = fast_embeddings(model.embeddings, ids[:2, :40], ws)
+    assert fast.dtype == ref.dtype and torch.equal(fast, ref)  # the same additions, the same numbers
+    assert torch.equal(again, ref[:2, :40]) and ws["embeddings"].data_ptr() == buffer
+    assert not supports_fast_embeddings(model.embeddings)  # gradients enabled
+    with torch.no_grad():
+        model.train()
+        assert not supports_fast_embeddings(model.embeddings)  # dropout active
 
 
 def test_fast_path_only_where_it_applies():

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .models.fast_encoder import fast_layer_forward, right_padded_lengths, supports_fast_layer
+from .models.fast_encoder import (fast_embeddings, fast_layer_forward, right_padded_lengths, supports_fast_embeddings,
+                                  supports_fast_layer)
 from .models.loading import model_input_size, n_layers, resolve_device, resolve_dtype
 from .models.zoo import vocab_version_for_size
 
@@ -263,7 +264,11 @@ def forward_hidden(
         atts = {a: out.attentions[a - 1] for a in attention_layers} if attention_layers else {}
         return out.hidden_states[layer], atts
     base = _base_model(model)
-    hidden = base.embeddings(input_ids=input_ids)
+    workspace = {} if workspace is None else workspace
+    if supports_fast_embeddings(base.embeddings):
+        hidden = fast_embeddings(base.embeddings, input_ids, workspace)
+    else:
+        hidden = base.embeddings(input_ids=input_ids)
     if layer == 0 and not attention_layers:
         return hidden, {}
     mask = None
@@ -272,7 +277,6 @@ def forward_hidden(
     atts: dict[int, torch.Tensor] = {}
     kept = hidden
     fast_dtype = _fast_dtype(hidden)
-    workspace = {} if workspace is None else workspace
     fast_mask = None if mask is None else attention_mask.bool()[:, None, None, :]
     fast_lengths = None
     if hidden.device.type == "cpu" and fast_dtype == torch.bfloat16:  # the blocked attention's cell lengths

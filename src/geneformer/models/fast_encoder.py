@@ -1,4 +1,4 @@
-"""Inference-only forward of one BERT encoder layer, faster than the module's own on CPU.
+"""Inference-only forward of BERT's embedding and encoder layers, faster than the modules' own on CPU.
 
 The arithmetic is the layer's own (post-LayerNorm BERT, absolute positions); what differs is how it
 is scheduled:
@@ -6,11 +6,11 @@ is scheduled:
 - Q, K and V come from one matrix product with the three weights stacked, and residual additions
   and the activation run in place, so that each layer allocates (and the OS faults in) far fewer
   fresh activation buffers; on a small VM those page faults cost as much as the element-wise work.
-- In bf16 on CPU the layer runs in bf16 throughout (weights cast once and cached) instead
+- The embedding sum is built in place in a reused buffer (:func:`fast_embeddings`).
+- In bf16 on CPU the layer runs in bf16 throughout (weights cast once per batch) instead
   of autocast re-casting every weight and activation at every call, and attention is computed per
-  cell and head in query blocks, over the cell's own length only: two plain matrix products and a
-  softmax per block. PyTorch's fused CPU attention kernel has no fast bf16 path on CPUs without AMX,
-  while bf16 matrix products run at ~3x the fp32 rate (``benchmarks/embed.py``).
+  cell and head in query blocks over the cell's own length only, on one thread per core
+  (:mod:`.cpu_attention`).
 - In fp32, and on GPU, attention is PyTorch's ``scaled_dot_product_attention`` with a broadcast key
   mask, as in the module.
 
@@ -27,9 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Query rows per attention block of the blocked CPU attention: a block's scores (rows x length)
-#: stay in the core's cache at 2,048-4,096 genes.
-QUERY_BLOCK = 512
+from .cpu_attention import blocked_attention
 
 def _activation(block: Any) -> str | None:
     fn = block.intermediate.intermediate_act_fn
@@ -66,6 +64,33 @@ def supports_fast_layer(block: Any, config: Any) -> bool:
     return _activation(block) is not None
 
 
+def supports_fast_embeddings(embeddings: Any) -> bool:
+    """Whether ``embeddings`` is a plain BERT embedding layer that :func:`fast_embeddings` reproduces."""
+    if embeddings.training or torch.is_grad_enabled() or type(embeddings).__name__ != "BertEmbeddings":
+        return False
+    if getattr(embeddings, "position_embedding_type", "absolute") != "absolute":
+        return False
+    parts = [getattr(embeddings, name, None) for name in ("word_embeddings", "position_embeddings",
+                                                           "token_type_embeddings")]
+    return (all(type(m) is nn.Embedding for m in parts) and type(getattr(embeddings, "LayerNorm", None)) is nn.LayerNorm
+            and hasattr(embeddings, "position_ids") and hasattr(embeddings, "token_type_ids"))
+
+
+def fast_embeddings(embeddings: Any, input_ids: torch.Tensor, workspace: dict) -> torch.Tensor:
+    """``embeddings(input_ids=input_ids)`` with the sum of the three embeddings built in place in a
+    reused buffer (same additions in the same order, so the same numbers); the module allocates a
+    fresh batch-sized tensor for each of its three lookups and two sums."""
+    b, width = input_ids.shape
+    words = embeddings.word_embeddings.weight
+    positions = embeddings.position_ids[0, :width]
+    summed = _buffer(workspace, "embeddings", (b * width, words.shape[1]), words)
+    torch.index_select(words, 0, input_ids.reshape(-1), out=summed)
+    summed = summed.view(b, width, -1)
+    summed += embeddings.token_type_embeddings(embeddings.token_type_ids[0, positions])
+    summed += embeddings.position_embeddings(positions)
+    return embeddings.LayerNorm(summed)
+
+
 class _LayerWeights:
     """A layer's weights in one dtype, Q/K/V stacked.
 
@@ -92,27 +117,6 @@ class _LayerWeights:
         self.heads = att.self.num_attention_heads
         self.head_size = att.self.attention_head_size
         self.activation = _activation(block)
-
-
-def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int],
-                      out: torch.Tensor, block: int = QUERY_BLOCK) -> torch.Tensor:
-    """Softmax attention per cell and head over each cell's first ``lengths[b]`` positions.
-
-    ``q``, ``k``, ``v`` and ``out`` are (B, heads, L, head_size), each head's rows contiguous (in a
-    micro-benchmark the per-head products ran up to 1.5x faster than on strided views into the
-    stacked Q/K/V); ``q`` is already scaled. Rows past a cell's length are set to zero.
-    """
-    for b, n in enumerate(lengths):
-        if n < out.shape[2]:
-            out[b, :, n:].zero_()
-        for h in range(q.shape[1]):
-            kt = k[b, h, :n].t()
-            vh = v[b, h, :n]
-            for i in range(0, n, block):
-                j = min(i + block, n)
-                scores = torch.mm(q[b, h, i:j], kt)
-                torch.mm(torch.softmax(scores, dim=-1), vh, out=out[b, h, i:j])
-    return out
 
 
 def right_padded_lengths(attention_mask: torch.Tensor | None, batch: int, width: int) -> list[int] | None:
@@ -179,11 +183,11 @@ def _forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor | None, dt
         heads_first = _buffer(ws, "heads", (3, b, heads, width, size), x)
         heads_first.copy_(qkv.permute(2, 0, 3, 1, 4))
         q, k, v = heads_first
-        ctx = blocked_attention(q, k, v, lengths, _buffer(ws, "context", (b, heads, width, size), x))
+        ctx = blocked_attention(q, k, v, lengths, _buffer(ws, "context", (b, width, heads * size), x))
     else:
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=w.scale)
-    ctx = ctx.transpose(1, 2).reshape(b, width, heads * size)
+        ctx = ctx.transpose(1, 2).reshape(b, width, heads * size)
     att = _linear(ctx, w.w_o, w.b_o, ws, "attention")
     att += x
     att = F.layer_norm(att, *w.ln1)

@@ -1,0 +1,123 @@
+"""The bf16 CPU attention: the compiled softmax kernel and the blocked, threaded attention built on it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from geneformer.models import cpu_attention
+from geneformer.models._softmax_kernel import exp_rows_bf16
+from geneformer.models.cpu_attention import blocked_attention
+
+# half a bf16 rounding step, relative (8 significant bits), plus the kernel's polynomial error
+BF16_STEP = 2.0**-8 + 1e-4
+
+
+def _softmax_via_kernel(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    exps = torch.empty_like(scores)
+    sums = torch.empty(scores.shape[0], dtype=torch.float32)
+    exp_rows_bf16(scores.view(torch.int16).numpy(), exps.view(torch.int16).numpy(), sums.numpy())
+    return exps, sums
+
+
+def test_exp_rows_bf16_is_softmax_to_bf16_precision():
+    torch.manual_seed(0)
+    scores = (torch.randn(6, 300) * torch.tensor([0.01, 1, 10, 100, 1e4, 1e30])[:, None]).bfloat16()
+    scores[0, :7] = -0.0  # negative zero among small values
+    scores[1, 5] = 40.0  # one dominant key
+    exps, sums = _softmax_via_kernel(scores)
+    exact = torch.exp(scores.double() - scores.double().max(dim=1, keepdim=True).values)
+    # every unnormalised weight is the exact exponential rounded to bf16 (or an underflow below 1e-37)
+    err = (exps.double() - exact).abs()
+    assert ((err <= BF16_STEP * exact) | (exact < 1e-37)).all()
+    assert torch.allclose(sums.double(), exps.double().sum(dim=1), rtol=1e-5)
+    assert (exps.double().max(dim=1).values == 1.0).all()  # the row maximum maps to exactly 1
+    probs = exps.double() / sums.double()[:, None]
+    assert torch.allclose(probs, torch.softmax(scores.double(), dim=1), atol=2 * BF16_STEP / 300 + 1e-6, rtol=2 * BF16_STEP)
+
+
+def test_exp_rows_bf16_single_key_and_constant_rows():
+    scores = torch.tensor([[3.5], [-7.0]], dtype=torch.bfloat16)
+    exps, sums = _softmax_via_kernel(scores)
+    assert exps.float().tolist() == [[1.0], [1.0]] and sums.tolist() == [1.0, 1.0]
+    flat = torch.full((1, 64), -2.25, dtype=torch.bfloat16)
+    exps, sums = _softmax_via_kernel(flat)
+    assert (exps == 1).all() and sums.item() == 64.0
+
+
+def _reference(q, k, v, n):
+    p = torch.softmax(q.double()[:n] @ k.double()[:n].T, dim=-1)
+    return p @ v.double()[:n]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocked_attention_equals_softmax_attention(threads):
+    torch.manual_seed(1)
+    b, width, heads, size = 3, 37, 2, 8
+    q, k, v = (torch.randn(b, heads, width, size).bfloat16() for _ in range(3))
+    lengths = [37, 20, 1]
+    out = torch.full((b, width, heads * size), float("nan"), dtype=torch.bfloat16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():  # as the encoder calls it: worker threads write inference tensors
+            blocked_attention(q, k, v, lengths, out, block=8)  # several query blocks, a partial last one
+    finally:
+        torch.set_num_threads(before)
+    for i, n in enumerate(lengths):
+        for h in range(heads):
+            ref = _reference(q[i, h], k[i, h], v[i, h], n)
+            got = out[i, :n, h * size:(h + 1) * size].double()
+            # bf16 scores, weights and output: a few bf16 steps of the values' scale
+            assert (got - ref).abs().max() < 4 * BF16_STEP * v[i, h, :n].double().abs().max()
+        assert (out[i, n:] == 0).all()  # padding rows are zero, never NaN
+
+
+def test_workers_keep_thread_settings_and_reraise_failures():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pool = cpu_attention._workers(2)
+        seen: list[int] = []
+        pool.run([lambda: seen.append(torch.get_num_threads()) for _ in range(4)])
+        assert seen == [1, 1, 1, 1]  # each worker computes on its own core only
+        assert torch.get_num_threads() == 2  # the caller's setting is untouched
+        fresh: list[int] = []
+        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert fresh == [2]  # and so is the default that new threads start from
+
+        def fail() -> None:
+            raise ValueError("block failed")
+
+        with pytest.raises(ValueError, match="block failed"):
+            pool.run([lambda: None, fail, lambda: None])
+        pool.run([lambda: None])  # the workers survive a failure
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_forked_child_starts_its_own_workers():
+    mp = pytest.importorskip("multiprocessing")
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpu_attention._workers(2).run([lambda: None])  # the parent's pool exists and has run
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as child:
+            assert child.apply_async(_attention_in_child, ()).get(timeout=60) == [2, 1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def _attention_in_child() -> list[int]:
+    # without its own workers, the child would wait forever on threads that were not forked
+    q, k, v = (torch.ones(1, 2, 16, 4, dtype=torch.bfloat16) for _ in range(3))
+    out = torch.empty(1, 16, 8, dtype=torch.bfloat16)
+    blocked_attention(q, k, v, [16], out, block=4)
+    return [cpu_attention._pool.size, int(out.float().mean().item())]
