@@ -29,6 +29,7 @@ from torch import nn
 
 from .cpu_attention import blocked_attention
 
+
 def _activation(block: Any) -> str | None:
     fn = block.intermediate.intermediate_act_fn
     if isinstance(fn, nn.ReLU):
