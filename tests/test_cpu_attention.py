@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from geneformer.models import cpu_attention
-from geneformer.models._softmax_kernel import exp_rows_bf16
+from geneformer.models._softmax_kernel import divide_rows_bf16, exp_rows_bf16
 from geneformer.models.cpu_attention import blocked_attention
 
 # half a bf16 rounding step, relative (8 significant bits), plus the kernel's polynomial error
@@ -45,6 +45,18 @@ def test_exp_rows_bf16_single_key_and_constant_rows():
     flat = torch.full((1, 64), -2.25, dtype=torch.bfloat16)
     exps, sums = _softmax_via_kernel(flat)
     assert (exps == 1).all() and sums.item() == 64.0
+
+
+def test_divide_rows_bf16_writes_rounded_quotients_into_the_context_slice():
+    torch.manual_seed(2)
+    values = torch.randn(5, 8).bfloat16()
+    sums = torch.rand(5) * 100 + 0.5
+    out = torch.zeros(2, 9, 24, dtype=torch.bfloat16)
+    divide_rows_bf16(values.view(torch.int16).numpy(), sums.numpy(), out.view(torch.int16).numpy(), 1, 3, 16)
+    expected = (values.float() / sums[:, None]).bfloat16()  # round to nearest even, as torch does
+    assert torch.equal(out[1, 3:8, 16:24], expected)
+    out[1, 3:8, 16:24] = 0
+    assert (out == 0).all()  # nothing written outside the slice
 
 
 def _reference(q, k, v, n):

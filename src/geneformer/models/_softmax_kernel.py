@@ -1,4 +1,5 @@
-"""Compiled (numba) unnormalised softmax over bf16 attention scores, used by :mod:`.cpu_attention`.
+"""Compiled (numba) steps of the bf16 CPU attention (:mod:`.cpu_attention`): the unnormalised
+softmax of a block of scores, and the division of ``exp @ V`` by the row sums.
 
 bf16 values are handled as their bit patterns (``int16`` views of the torch tensors), since numba
 has no bf16 type: a bf16 is the upper half of the float32 with the same value. The exponential is
@@ -29,14 +30,15 @@ def exp_rows_bf16(scores, out, sums):
     """
     rows, n = scores.shape
     for r in range(rows):
-        # the row maximum on the bit patterns: sign-magnitude mapped to two's complement orders
-        # them as the values (an integer reduction vectorises where a float max does not)
-        top = np.int32(-2147483647)
+        # the row maximum on the bit patterns: flipping the magnitude bits of negative numbers
+        # orders sign-magnitude patterns as their values (an int16 reduction vectorises 32 lanes
+        # wide, where numba leaves a float max scalar); the same flip maps the maximum back
+        top = np.int16(-32768)
         for j in range(n):
-            v = np.int32(scores[r, j])
-            key = v if v >= 0 else np.int32(-32768) - v
+            v = scores[r, j]
+            key = np.int16(v ^ ((v >> np.int16(15)) & np.int16(0x7FFF)))
             top = key if key > top else top
-        top = top if top >= 0 else np.int32(-32768) - top
+        top = np.int16(top ^ ((top >> np.int16(15)) & np.int16(0x7FFF)))
         shift = np.uint32(np.uint32(np.uint16(top)) << np.uint32(16)).view(np.float32) * _LOG2E
         total = np.float32(0.0)
         for j in range(n):
@@ -52,3 +54,22 @@ def exp_rows_bf16(scores, out, sums):
             out[r, j] = np.int16(hi)
             total += np.int32(hi << np.int32(16)).view(np.float32)
         sums[r] = total
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def divide_rows_bf16(values, sums, out, cell, first, column):
+    """``out[cell, first + r, column:column + size] = bf16(values[r] / sums[r])`` for every row r.
+
+    ``values`` is a C-contiguous (rows, size) ``int16`` view of bf16 ``exp @ V``; ``out`` the
+    (B, L, width) ``int16`` view of the bf16 context. (``torch.div`` from bf16 and float32 into a
+    strided bf16 slice takes a slow mixed-dtype path, ~5x this.)
+    """
+    rows, size = values.shape
+    for r in range(rows):
+        inv = np.float32(1.0) / sums[r]
+        for c in range(size):
+            x = np.uint32(np.uint32(np.uint16(values[r, c])) << np.uint32(16)).view(np.float32) * inv
+            bits = np.float32(x).view(np.uint32)
+            # round to nearest even
+            out[cell, first + r, column + c] = np.int16(np.uint16(
+                np.uint32(bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
