@@ -1,4 +1,5 @@
-"""Softmax attention in bf16 on CPU (exact, not approximated), per cell and head over each cell's own length.
+"""Softmax attention (exact, not approximated) in bf16 on CPU, per cell and head over each cell's
+own length.
 
 PyTorch's fused CPU attention has no fast bf16 path on CPUs without AMX, while bf16 matrix products
 run at ~3x the fp32 rate. So attention is computed in query blocks: scores ``Q_blk @ K^T`` (a bf16
@@ -131,8 +132,8 @@ def _run_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Te
         if views is None:
             scores, exps = scores_flat[: rows * n].view(rows, n), exps_flat[: rows * n].view(rows, n)
             vals = values[:rows]
-            views = shaped[rows, n] = (scores, exps, vals, scores.view(torch.int16).numpy(),
-                                       exps.view(torch.int16).numpy(), vals.view(torch.int16).numpy(), sums[:rows].numpy())
+            bits = [t.view(torch.int16).numpy() for t in (scores, exps, vals)]
+            views = shaped[rows, n] = (scores, exps, vals, *bits, sums[:rows].numpy())
         scores, exps, vals, scores_bits, exps_bits, vals_bits, sums_np = views
         kv = heads.get((b, h))
         if kv is None:
