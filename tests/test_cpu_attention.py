@@ -87,6 +87,15 @@ def test_blocked_attention_equals_softmax_attention(threads):
         assert (out[i, n:] == 0).all()  # padding rows are zero, never NaN
 
 
+def test_blocked_attention_refuses_other_dtypes_and_takes_empty_cells():
+    q = torch.zeros(1, 1, 4, 2)
+    with pytest.raises(TypeError, match="bf16"):
+        blocked_attention(q, q, q, [4], torch.zeros(1, 4, 2))
+    q = q.bfloat16()
+    out = torch.ones(1, 4, 2, dtype=torch.bfloat16)
+    assert (blocked_attention(q, q, q, [0], out) == 0).all()
+
+
 def test_workers_keep_thread_settings_and_reraise_failures():
     before = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -153,6 +153,8 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
     cell's length are set to zero. The attention weights are bf16 like ``torch.softmax``'s in bf16,
     but normalised after the product with V (one division per output, not per weight).
     """
+    if not q.dtype == k.dtype == v.dtype == out.dtype == torch.bfloat16:
+        raise TypeError(f"blocked_attention computes in bf16, got {q.dtype}/{k.dtype}/{v.dtype} -> {out.dtype}")
     for b, n in enumerate(lengths):
         if n < out.shape[1]:
             out[b, n:].zero_()
@@ -160,6 +162,8 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
     tasks = [(b, h, i, min(i + block, n)) for b, n in enumerate(lengths) for h in range(q.shape[1])
              for i in range(0, n, block)]
     threads = min(torch.get_num_threads(), len(tasks))
+    if not tasks:
+        return out
     if threads <= 1:
         _run_blocks(q, k, v, out, tasks, lengths, block)
         return out
