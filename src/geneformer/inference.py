@@ -279,7 +279,7 @@ def forward_hidden(
     fast_dtype = _fast_dtype(hidden)
     fast_mask = None if mask is None else attention_mask.bool()[:, None, None, :]
     fast_lengths = None
-    if hidden.device.type == "cpu" and fast_dtype in (torch.bfloat16, torch.float32):  # attention per cell
+    if hidden.device.type == "cpu":  # (fast_layer_forward decides, by dtype, whether to use them)
         fast_lengths = right_padded_lengths(None if mask is None else attention_mask, *input_ids.shape)
     for i, block in enumerate(base.encoder.layer[: max((layer, *attention_layers))], start=1):
         if i in attention_layers:

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from ._softmax_kernel import divide_rows_bf16, exp_rows_bf16
+from .workspace import scratch
 
 #: Query rows per attention block: a block's scores (rows x length) stay in the core's cache at
 #: 2,048-4,096 genes.
@@ -100,16 +101,7 @@ def _forget_pool_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-_scratch = threading.local()
-
-
-def _scratch_buffer(name: str, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """A flat per-thread scratch tensor of at least ``size`` elements, kept for the next layer."""
-    flat = getattr(_scratch, name, None)
-    if flat is None or flat.numel() < size or flat.dtype != dtype:
-        flat = torch.empty(size, dtype=dtype)
-        setattr(_scratch, name, flat)
-    return flat
+_per_thread = threading.local()  # each worker's own scratch buffers, kept for the next layer
 
 
 @torch.inference_mode()  # (thread-local: the caller's mode does not reach worker threads)
@@ -117,10 +109,13 @@ def _run_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Te
                 tasks: list[tuple[int, int, int, int]], lengths: list[int], block: int) -> None:
     size = q.shape[-1]
     longest = max(lengths)
-    scores_flat = _scratch_buffer("scores", block * longest, q.dtype)
-    exps_flat = _scratch_buffer("exps", block * longest, q.dtype)
-    sums = _scratch_buffer("sums", block, torch.float32)
-    values = _scratch_buffer("values", block * size, q.dtype).view(-1, size)
+    if not hasattr(_per_thread, "workspace"):
+        _per_thread.workspace = {}
+    ws = _per_thread.workspace
+    scores_flat = scratch(ws, "scores", (block * longest,), q.dtype)
+    exps_flat = scratch(ws, "exps", (block * longest,), q.dtype)
+    sums = scratch(ws, "sums", (block,), torch.float32)
+    values = scratch(ws, "values", (block, size), q.dtype)
     out_bits = out.view(torch.int16).numpy()
     # views made once per shape and per head, not per block: with several workers, every Python
     # step of a block is time that another worker may spend waiting for the GIL
@@ -161,15 +156,16 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
     # (cell, head, first row, end row) of every query block
     tasks = [(b, h, i, min(i + block, n)) for b, n in enumerate(lengths) for h in range(q.shape[1])
              for i in range(0, n, block)]
-    threads = min(torch.get_num_threads(), len(tasks))
     if not tasks:
         return out
+    cores = torch.get_num_threads()
+    threads = min(cores, len(tasks))
     if threads <= 1:
         _run_blocks(q, k, v, out, tasks, lengths, block)
         return out
     # interleaved shares: neighbouring blocks (the same head) go to different threads, so the
     # shares stay even when cells differ in length
-    pool = _workers(torch.get_num_threads())
+    pool = _workers(cores)
     pool.run([lambda part=tasks[t::threads]: _run_blocks(q, k, v, out, part, lengths, block)
               for t in range(threads)])
     return out

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cpu_attention import blocked_attention
+from .workspace import scratch
 
 
 def _activation(block: Any) -> str | None:
@@ -84,7 +85,7 @@ def fast_embeddings(embeddings: Any, input_ids: torch.Tensor, workspace: dict) -
     b, width = input_ids.shape
     words = embeddings.word_embeddings.weight
     positions = embeddings.position_ids[0, :width]
-    summed = _buffer(workspace, "embeddings", (b * width, words.shape[1]), words)
+    summed = scratch(workspace, "embeddings", (b * width, words.shape[1]), words.dtype, words.device)
     torch.index_select(words, 0, input_ids.reshape(-1), out=summed)
     summed = summed.view(b, width, -1)
     summed += embeddings.token_type_embeddings(embeddings.token_type_ids[0, positions])
@@ -152,22 +153,10 @@ def fast_layer_forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor 
         return _forward(block, hidden, key_mask, dtype, {} if workspace is None else workspace, lengths)
 
 
-def _buffer(workspace: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """A scratch tensor of ``shape``, carved from a flat buffer that only ever grows, so that the
-    batches of one run (whose widths differ a little) keep reusing the same memory."""
-    size = 1
-    for n in shape:
-        size *= n
-    flat = workspace.get(name)
-    if flat is None or flat.numel() < size or flat.dtype != like.dtype or flat.device != like.device:
-        flat = workspace[name] = torch.empty(size, dtype=like.dtype, device=like.device)
-    return flat[:size].view(shape)
-
-
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, workspace: dict, name: str) -> torch.Tensor:
     """``F.linear`` into a reused workspace buffer."""
     rows = x.reshape(-1, x.shape[-1])
-    out = _buffer(workspace, name, (rows.shape[0], weight.shape[0]), x)
+    out = scratch(workspace, name, (rows.shape[0], weight.shape[0]), x.dtype, x.device)
     torch.addmm(bias, rows, weight.t(), out=out)
     return out.view(*x.shape[:-1], weight.shape[0])
 
@@ -182,15 +171,15 @@ def _forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor | None, dt
     qkv = _linear(x, w.w_qkv, w.b_qkv, ws, "qkv").view(b, width, 3, heads, size)
     if blocked:
         # (3, B, heads, L, size): each head's rows contiguous for the per-head matrix products
-        heads_first = _buffer(ws, "heads", (3, b, heads, width, size), x)
+        heads_first = scratch(ws, "heads", (3, b, heads, width, size), dtype, x.device)
         heads_first.copy_(qkv.permute(2, 0, 3, 1, 4))
         q, k, v = heads_first
-        ctx = blocked_attention(q, k, v, lengths, _buffer(ws, "context", (b, width, heads * size), x))
+        ctx = blocked_attention(q, k, v, lengths, scratch(ws, "context", (b, width, heads * size), dtype, x.device))
     elif lengths is not None:
         # fp32 on CPU: SDPA per cell over its own length, with no mask to build and apply, and no
         # padded keys (5-10% faster than one masked call for the batch)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
-        ctx = _buffer(ws, "context", (b, width, heads * size), x)
+        ctx = scratch(ws, "context", (b, width, heads * size), dtype, x.device)
         for cell, n in enumerate(lengths):
             one = slice(cell, cell + 1)
             att = F.scaled_dot_product_attention(q[one, :, :n], k[one, :, :n], v[one, :, :n], scale=w.scale)
