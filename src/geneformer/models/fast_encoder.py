@@ -183,7 +183,8 @@ def _forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor | None, dt
         for cell, n in enumerate(lengths):
             one = slice(cell, cell + 1)
             att = F.scaled_dot_product_attention(q[one, :, :n], k[one, :, :n], v[one, :, :n], scale=w.scale)
-            ctx[cell, :n] = att[0].transpose(0, 1).reshape(n, heads * size)
+            # one strided copy (reshaping the transposed output first would copy twice)
+            ctx[cell, :n].view(n, heads, size).copy_(att[0].transpose(0, 1))
             ctx[cell, n:] = 0
     else:
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
