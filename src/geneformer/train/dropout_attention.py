@@ -107,15 +107,10 @@ def _mask_broadcasts(attn_mask: torch.Tensor, query: torch.Tensor, key: torch.Te
 
 
 def _blhd(t: torch.Tensor) -> np.ndarray:
-    """A (B, H, L, D) tensor as a C-contiguous numpy (B, L, H, D) array (a view when the memory is
-    already in that order, as BERT's head split and the fused kernel's outputs are)."""
+    """A (B, H, L, D) tensor (or the kernel's (B, H, L) log-sum-exp) as a C-contiguous numpy
+    (B, L, H, D) (or (B, L, H)) array: a view when the memory is already in that order, as BERT's
+    head split and the fused kernel's outputs are."""
     t = t.detach().transpose(1, 2)
-    return (t if t.is_contiguous() else t.contiguous()).numpy()
-
-
-def _bhl_as_blh(lse: torch.Tensor) -> np.ndarray:
-    """The kernel's (B, H, L) log-sum-exp as a C-contiguous (B, L, H) array (its memory order)."""
-    t = lse.transpose(1, 2)
     return (t if t.is_contiguous() else t.contiguous()).numpy()
 
 
@@ -147,7 +142,7 @@ class _DropoutAttention(torch.autograd.Function):
         x, lse = _flash(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
         bias_np = (bias if bias is not None else q.new_zeros(1, 1, 1, lk)).detach().numpy()
         x_np = _blhd(x)
-        kernel.forward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, _bhl_as_blh(lse), idx.numpy(),
+        kernel.forward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, _blhd(lse), idx.numpy(),
                                   counts.numpy(), scale, _min_bias(q.dtype), x_np)
         if not np.shares_memory(x_np, x.detach().numpy()):
             x = torch.from_numpy(x_np).transpose(1, 2)
@@ -166,7 +161,7 @@ class _DropoutAttention(torch.autograd.Function):
         dq, dk, dv = _flash_backward(g, q, k, v, x, lse, 0.0, False, attn_mask=bias, scale=scale)
         grads = [_blhd(t) for t in (dq, dk, dv)]
         bias_np = (bias if bias is not None else q.new_zeros(1, 1, 1, k.shape[2])).detach().numpy()
-        kernel.backward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, _bhl_as_blh(lse), idx.numpy(),
+        kernel.backward_correction(_blhd(q), _blhd(k), _blhd(v), bias_np, _blhd(lse), idx.numpy(),
                                    counts.numpy(), scale, _min_bias(q.dtype), _blhd(g), *grads)
         out_grads = []
         for t, a in zip((dq, dk, dv), grads):
