@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m geneformer.demo --output demo_output
+	$(PY) examples/demo.py --output demo_output
 
 bench: $(STAMP)
 	$(PY) benchmarks/tokenize.py

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse as sp
 
-from geneformer.corpus import compute_gene_digests
+from geneformer.vocab import compute_gene_digests
 from geneformer.io import open_reader
 
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from geneformer.embeddings import cell_embeddings  # noqa: E402
-from geneformer.inference import as_sequences  # noqa: E402
+from geneformer.data import as_sequences  # noqa: E402
 from geneformer.models import init_model, layer_index  # noqa: E402
 
 DATA = Path(os.environ.get("GENEFORMER_SHARED_DIR", ROOT.parent / "shared")) / "data" / \

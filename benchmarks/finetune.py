@@ -78,11 +78,11 @@ def main() -> None:
     from sklearn.model_selection import train_test_split
     from transformers import BertConfig, BertForMaskedLM
 
-    from geneformer import Classifier
-    from geneformer.tokenizer import tokenize_anndata
+    from geneformer.compat import Classifier
+    from geneformer.tokenization import tokenize_anndata
     from geneformer.train import pretrain
-    from geneformer.train.classifier_data import load_id_class_dict, save_dataset
-    from geneformer.train.lora import load_finetuned, quantize_dynamic_int8
+    from geneformer.train._classification_data import load_id_class_dict, save_dataset
+    from geneformer.models import load_finetuned, quantize_dynamic_int8
 
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -152,7 +152,7 @@ def main() -> None:
     # ---- the same two encoders with a mean-pooling head (GeneformerFineTuningModel, same budget) -------
     import datasets as hfds
 
-    from geneformer import GeneformerConfig, GeneformerFineTuningModel
+    from geneformer.api import GeneformerConfig, GeneformerFineTuningModel
 
     train_lab = hfds.load_from_disk(str(paths["labeled"]))
     test_lab = hfds.load_from_disk(str(test_prep["labeled"]))

@@ -48,7 +48,7 @@ def _top_genes(dataset_path: Path, n: int) -> list[str]:
 
 
 def run(label: str, model, data, out: Path, n_ref: str | None = None, **kw) -> tuple[float, int]:
-    from geneformer import InSilicoPerturber
+    from geneformer.compat import InSilicoPerturber
     from geneformer.perturb import read_results
 
     if out.exists():
@@ -80,7 +80,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from geneformer import InSilicoPerturberStats
+    from geneformer.compat import InSilicoPerturberStats
     from geneformer.models import init_model, load_model
 
     gold = args.shared / "golden"

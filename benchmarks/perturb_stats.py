@@ -38,7 +38,7 @@ def timed(label: str, fn):
 
 def synth_gene_level(cell_folder: Path, out: Path, genes_per_cell: int | None, seed: int = 0) -> int:
     """Write cell-level + synthetic gene-level pickles shaped like a delete-all run; returns n values."""
-    from geneformer.perturb.results import load_raw, save_raw
+    from geneformer.perturb import load_raw, save_raw
 
     rng = np.random.default_rng(seed)
     cells: dict[int, list[int]] = defaultdict(list)
@@ -81,7 +81,7 @@ def main() -> None:
         raise SystemExit(f"{golden} not found; pass --shared to the shared reference folder.")
     os.environ.setdefault("GENEFORMER_DICTS_DIR", str(args.shared / "dicts"))
 
-    from geneformer.perturb.stats import InSilicoPerturberStats
+    from geneformer.compat import InSilicoPerturberStats
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

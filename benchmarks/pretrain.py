@@ -38,11 +38,11 @@ import pyarrow.parquet as pq
 import torch
 from transformers import BertForMaskedLM
 
-from geneformer.train.architectures import architecture_config
-from geneformer.train.collators import DataCollatorForMaskedGenes
-from geneformer.train.dropout_attention import use_fused_attention_dropout
-from geneformer.train.mlm import GeneformerForMaskedLM
-from geneformer.train.sampler import LengthGroupedSampler
+from geneformer.train import architecture_config
+from geneformer.train import DataCollatorForMaskedGenes
+from geneformer.train import use_fused_attention_dropout
+from geneformer.models import GeneformerForMaskedLM
+from geneformer.train import LengthGroupedSampler
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("GENEFORMER_SHARED_DIR", HERE.parents[0].parent / "shared"))

@@ -75,7 +75,7 @@ def make_h5ad(path: Path, n_cells: int, seed: int = 0, chunk: int = 2_000) -> No
 
 
 def _tokenize(path: str, out: str, nproc: int) -> None:
-    from geneformer.tokenizer import tokenize_files
+    from geneformer.tokenization import tokenize_files
 
     tokenize_files([path], out, "V2", nproc=nproc, custom_attr_name_dict={"cell_id": "cell_id"},
                    overwrite=True, progress=False)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from geneformer.corpus import GeneDigests, build_vocab, compute_gene_digests, estimate_gene_medians, write_vocab
+from geneformer.vocab import GeneDigests, build_vocab, compute_gene_digests, estimate_gene_medians, write_vocab
 from geneformer.vocab import GeneVocab
 
 N_CELLS = 400

@@ -1,8 +1,15 @@
 """The offline demo runs end to end from the data bundled with scanpy."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
-from geneformer.demo import load_pbmc68k_counts, run
+# the demo is an example script (examples/demo.py), not part of the package
+_SPEC = importlib.util.spec_from_file_location("geneformer_demo", Path(__file__).resolve().parents[1] / "examples" / "demo.py")
+demo = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(demo)
+load_pbmc68k_counts, run = demo.load_pbmc68k_counts, demo.run
 
 
 def test_counts_recovered_as_integers():
@@ -31,8 +38,7 @@ def test_demo_with_a_model_folder(golden_dir, tmp_path, monkeypatch):
 
 
 def test_a_new_run_replaces_the_previous_runs_outputs(tmp_path):
-    from geneformer.demo import _clear_previous_run
-
+    _clear_previous_run = demo._clear_previous_run
     (tmp_path / "finetune" / "model").mkdir(parents=True)
     (tmp_path / "finetune" / "model" / "config.json").write_text("{}")
     (tmp_path / "pretrain" / "checkpoint-5").mkdir(parents=True)

@@ -13,16 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geneformer.train import dropout_attention as da
-from geneformer.train.architectures import architecture_config
-from geneformer.train.dropout_attention import (
-    ATTN_IMPLEMENTATION,
-    dropout_attention,
-    geneformer_sdpa_attention_forward,
-    sample_dropped,
-    use_fused_attention_dropout,
-)
-from geneformer.train.mlm import GeneformerForMaskedLM
+from geneformer.train import _dropout_attention as da
+from geneformer.train import architecture_config
+from geneformer.train._dropout_attention import ATTN_IMPLEMENTATION, dropout_attention, geneformer_sdpa_attention_forward, sample_dropped
+from geneformer.train import use_fused_attention_dropout
+from geneformer.models import GeneformerForMaskedLM
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 B, H, L, D = 2, 2, 37, 8
@@ -272,7 +267,7 @@ def _load_without_geneformer(folder: Path) -> None:
 def test_pretraining_checkpoints_are_plain_bert(golden_dir, tmp_path):
     from datasets import load_from_disk
 
-    from geneformer.train.pretraining import pretrain
+    from geneformer.train import pretrain
 
     ds = load_from_disk(str(golden_dir / "tokenized" / "pbmc3k_raw_seurat_labels_V1.dataset")).select(range(8))
     ds = ds.map(lambda b: {"input_ids": [x[:48] for x in b["input_ids"]], "length": [min(n, 48) for n in b["length"]]},
@@ -295,7 +290,7 @@ def test_pretraining_checkpoints_are_plain_bert(golden_dir, tmp_path):
 def test_pretrainer_option(fused, tmp_path):
     from transformers import TrainingArguments
 
-    from geneformer.train.pretraining import GeneformerPretrainer
+    from geneformer.compat import GeneformerPretrainer
 
     model = _tiny_model()
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)

@@ -10,17 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from geneformer.data_ops import downsample_and_sort
-from geneformer.embeddings import (
-    EmbExtractor,
-    attention_network,
-    cell_embeddings,
-    gene_embeddings,
-    get_attentions,
-    get_embs,
-    load_state_embs,
-)
-from geneformer.inference import InputError
+from geneformer.data import downsample_and_sort
+from geneformer.compat import EmbExtractor, get_embs
+from geneformer.embeddings import attention_network, cell_embeddings, gene_embeddings, get_attentions, load_state_embs
+from geneformer._utils import InputError
 from geneformer.models import load_model
 
 TOL = 1e-5
@@ -155,7 +148,8 @@ def test_special_tokens_detected_from_data(models, pbmc):
     with_special = pbmc["V2"].select(range(3))
     stripped = [ids[1:-1] for ids in with_special["input_ids"]]
     a = cell_embeddings(model, stripped, mode="cell", progress=False)
-    from geneformer.inference import forward_hidden, as_sequences, collate
+    from geneformer.inference import forward_hidden, collate
+    from geneformer.data import as_sequences
 
     seqs = as_sequences(stripped)
     for i in range(3):
@@ -356,7 +350,7 @@ def test_invalid_arguments():
 
 
 def test_missing_dataset_folder(tmp_path):
-    from geneformer.data_ops import load_tokenized
+    from geneformer.data import load_tokenized
 
     with pytest.raises(FileNotFoundError):
         load_tokenized(tmp_path / "nothing.dataset")
@@ -366,7 +360,7 @@ def test_missing_dataset_folder(tmp_path):
 def test_geneformer_api_embed_dataset_and_adata(golden_dir, small):
     import anndata as ad
 
-    from geneformer import Geneformer, GeneformerConfig
+    from geneformer.api import Geneformer, GeneformerConfig
 
     gf = Geneformer(GeneformerConfig(model_name=str(golden_dir / "models" / "mini-V1"), batch_size=8))
     arr = gf.get_embeddings(small)
@@ -386,7 +380,7 @@ def test_process_data_glue(golden_dir, small, monkeypatch, data_dir):
     """process_data/embed pass the right gene column, add n_counts, and write results back by obs row."""
     import anndata as ad
 
-    from geneformer import Geneformer, GeneformerConfig
+    from geneformer.api import Geneformer, GeneformerConfig
 
     calls = {}
 
@@ -395,7 +389,7 @@ def test_process_data_glue(golden_dir, small, monkeypatch, data_dir):
         keep = np.arange(0, adata.n_obs, 2)  # pretend every other cell had no vocabulary genes
         return small.select(range(len(keep))).add_column("_gf_row", keep.tolist())
 
-    monkeypatch.setitem(sys.modules, "geneformer.tokenizer", types.SimpleNamespace(tokenize_anndata=fake_tokenize))
+    monkeypatch.setitem(sys.modules, "geneformer.tokenization", types.SimpleNamespace(tokenize_anndata=fake_tokenize))
     adata = ad.read_h5ad(data_dir / "pbmc3k_raw_seurat_labels.h5ad")[:20].copy()
     del adata.obs["n_counts"]
     gf = Geneformer(GeneformerConfig(model_name=str(golden_dir / "models" / "mini-V1"), batch_size=8))
@@ -415,10 +409,10 @@ def test_process_data_glue(golden_dir, small, monkeypatch, data_dir):
 
 
 def test_process_data_real_tokenizer(golden_dir, data_dir):
-    pytest.importorskip("geneformer.tokenizer")
+    pytest.importorskip("geneformer.tokenization")
     import anndata as ad
 
-    from geneformer import Geneformer, GeneformerConfig
+    from geneformer.api import Geneformer, GeneformerConfig
 
     adata = ad.read_h5ad(data_dir / "pbmc3k_raw_seurat_labels.h5ad")[:8].copy()
     gf = Geneformer(GeneformerConfig(model_name=str(golden_dir / "models" / "mini-V2"), batch_size=4))

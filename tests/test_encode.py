@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from geneformer.encode import rank_value_encode
+from geneformer.tokenization import rank_value_encode
 
 
 def _encode(rows, medians, tokens, max_genes=10, special=False, keep_counts=False, n_counts=None):
@@ -82,8 +82,8 @@ def test_many_rows_match_a_reference_loop(use_numpy):
 
 
 def test_compiled_kernel_equals_stable_numpy_sort():
-    from geneformer.encode import _descending_order
-    from geneformer._rank_kernel import descending_order
+    from geneformer.tokenization._encode import _descending_order
+    from geneformer.tokenization._rank_kernel import descending_order
 
     rng = np.random.default_rng(3)
     lens = rng.integers(0, 300, size=200)

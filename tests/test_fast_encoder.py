@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from geneformer import inference
-from geneformer.inference import as_sequences, collate, forward_hidden
-from geneformer.models.fast_encoder import (fast_embeddings, fast_layer_forward, supports_fast_embeddings,
-                                           supports_fast_layer)
+from geneformer.inference import _forward as inference
+from geneformer.data import as_sequences
+from geneformer.inference import collate, forward_hidden
+from geneformer.models import fast_embeddings, fast_layer_forward, supports_fast_embeddings, supports_fast_layer
 
 
 def _model(act: str = "relu", **kw) -> BertModel:

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _save_tiny(folder: Path, vocab_size: int, seed: int = 0) -> Path:
     from transformers import BertForMaskedLM
 
-    from geneformer.train.architectures import architecture_config
+    from geneformer.train import architecture_config
 
     cfg = architecture_config("tiny", vocab_size, max_position_embeddings=256)
     torch.manual_seed(seed)
@@ -71,7 +71,7 @@ def pbmc(tmp_path_factory, golden_dir) -> Path:
 
 
 def _cell_classifier(**kw):
-    from geneformer import Classifier
+    from geneformer.compat import Classifier
 
     args = dict(classifier="cell", cell_state_dict={"state_key": "cell_type", "states": "all"}, model_version="V1",
                 training_args={"num_train_epochs": 1, "per_device_train_batch_size": 16, "learning_rate": 1e-3},
@@ -161,7 +161,7 @@ def test_balance_attr_splits_uses_best_trial():
     """When no trial passes the threshold the best one (not the last) is used."""
     import pandas as pd
 
-    from geneformer.train.classifier_data import balance_attr_splits
+    from geneformer.train._classification_data import balance_attr_splits
 
     table = pd.DataFrame({"pid": [f"p{i}" for i in range(6)], "score": [1, 2, 3, 100, 200, 300],
                           "label": ["a", "b", "a", "b", "a", "b"]})
@@ -210,7 +210,7 @@ def test_cell_classifier_end_to_end(pbmc, tiny_v1, tmp_path):
     assert png.name == "pb_pred.png" and png.stat().st_size > 0
 
     # a second training into the same folder is refused (would overwrite the model)
-    from geneformer.train.classifier_data import select_rows
+    from geneformer.train._classification_data import select_rows
 
     ds = datasets.load_from_disk(str(paths["train"]))
     with pytest.raises(ValueError, match="already holds a trained model"):
@@ -218,7 +218,7 @@ def test_cell_classifier_end_to_end(pbmc, tiny_v1, tmp_path):
 
 
 def test_resume_from_checkpoint(pbmc, tiny_v1, tmp_path):
-    from geneformer.train.classifier_data import select_rows
+    from geneformer.train._classification_data import select_rows
 
     paths = _cell_classifier().prepare_data(pbmc, tmp_path, "r", test_size=0.2)
     ds = select_rows(datasets.load_from_disk(str(paths["train"])), range(48))
@@ -244,7 +244,7 @@ def test_cross_validation_five_folds(pbmc, tiny_v1, tmp_path):
 
 
 def test_evaluation_scores_every_example_and_breaks_ties_low():
-    from geneformer.train.evaluation import Predictions, compute_metrics
+    from geneformer.train._evaluation import Predictions, compute_metrics
 
     logits = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 0.0, 0.0]], dtype=np.float32)
     pred = Predictions(logits, np.array([0, 1, 2]), np.arange(3))
@@ -256,7 +256,7 @@ def test_evaluation_scores_every_example_and_breaks_ties_low():
 def test_predict_keeps_last_example(pbmc, tiny_v1):
     """N % batch == 1 used to drop the last cell in the reference."""
     from geneformer.models import load_model
-    from geneformer.train.evaluation import predict
+    from geneformer.train._evaluation import predict
 
     ds = datasets.load_from_disk(str(pbmc)).select(range(17))
     model = load_model(tiny_v1, kind="cell_classifier", num_labels=3)
@@ -268,7 +268,7 @@ def test_predict_keeps_last_example(pbmc, tiny_v1):
 # Gene classifier
 # ------------------------------------------------------------------------------------------------
 def test_gene_classifier_end_to_end(pbmc, tiny_v1, vocab_v1, tmp_path, caplog):
-    from geneformer import Classifier
+    from geneformer.compat import Classifier
 
     gcd = _gene_class_dict(pbmc, vocab_v1)
     gcd["dosage_insensitive"] = gcd["dosage_insensitive"] + ["ENSG99999999999"]
@@ -305,8 +305,8 @@ def test_gene_classifier_end_to_end(pbmc, tiny_v1, vocab_v1, tmp_path, caplog):
 
 
 def test_gene_train_all_data_and_predict(pbmc, tiny_v1, vocab_v1, tmp_path):
-    from geneformer import Classifier
-    from geneformer.train.finetune import predict
+    from geneformer.compat import Classifier
+    from geneformer.train import predict
 
     gc = Classifier(classifier="gene", gene_class_dict=_gene_class_dict(pbmc, vocab_v1, n=6), model_version="V1",
                     training_args={"num_train_epochs": 1, "per_device_train_batch_size": 16}, progress=False)
@@ -322,7 +322,7 @@ def test_gene_train_all_data_and_predict(pbmc, tiny_v1, vocab_v1, tmp_path):
 
 
 def test_gene_cross_validation_partitions_genes():
-    from geneformer.train.classifier_data import gene_folds
+    from geneformer.train._classification_data import gene_folds
 
     token_class = {t: t % 2 for t in range(100, 130)}
     folds = gene_folds(token_class, 5, 0.1, 0.1)
@@ -337,8 +337,8 @@ def test_gene_cross_validation_partitions_genes():
 # Hyperparameter search, LoRA, quantization
 # ------------------------------------------------------------------------------------------------
 def test_optuna_search_two_trials(pbmc, tiny_v1, tmp_path):
-    from geneformer.train.hyperopt import read_best
-    from geneformer.train.lora import load_finetuned
+    from geneformer.train._hyperopt import read_best
+    from geneformer.models import load_finetuned
 
     space = {"learning_rate": ("loguniform", 1e-4, 1e-2), "lr_scheduler_type": ["linear", "cosine"],
              "warmup_steps": ("uniform", 0.0, 0.1), "weight_decay": ("uniform", 0.0, 0.1),
@@ -361,7 +361,7 @@ def test_optuna_search_two_trials(pbmc, tiny_v1, tmp_path):
 def test_pruning_callback_prunes():
     import optuna
 
-    from geneformer.train.hyperopt import OptunaPruningCallback
+    from geneformer.train._hyperopt import OptunaPruningCallback
 
     class Trial:
         def __init__(self):
@@ -384,8 +384,8 @@ def test_pruning_callback_prunes():
 
 
 def test_lora_train_save_reload(pbmc, tiny_v1, tmp_path):
-    from geneformer.train.classifier_data import select_rows
-    from geneformer.train.lora import is_adapter_folder, load_finetuned
+    from geneformer.train._classification_data import select_rows
+    from geneformer.models import is_adapter_folder, load_finetuned
 
     cc = _cell_classifier(lora={"r": 4, "lora_alpha": 8})
     paths = cc.prepare_data(pbmc, tmp_path, "l", test_size=0.2)
@@ -407,7 +407,7 @@ def test_lora_train_save_reload(pbmc, tiny_v1, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
 def test_quantized_loading_needs_cuda():
-    from geneformer.train.lora import QuantizationError
+    from geneformer._utils import QuantizationError
 
     with pytest.raises(QuantizationError, match="needs a CUDA GPU and bitsandbytes; on CPU use int8 dynamic"):
         _cell_classifier(quantize=True)
@@ -415,8 +415,8 @@ def test_quantized_loading_needs_cuda():
 
 def test_int8_dynamic_quantization(pbmc, tiny_v1):
     from geneformer.models import load_model
-    from geneformer.train.evaluation import predict
-    from geneformer.train.lora import model_size_mb, quantize_dynamic_int8
+    from geneformer.train._evaluation import predict
+    from geneformer.models import model_size_mb, quantize_dynamic_int8
 
     model = load_model(tiny_v1, kind="cell_classifier", num_labels=3)
     q = quantize_dynamic_int8(model)
@@ -435,7 +435,7 @@ def test_int8_dynamic_quantization(pbmc, tiny_v1):
 def test_fine_tuning_model_api(tiny_v1, data_dir, tmp_path):
     import anndata as ad
 
-    from geneformer import GeneformerConfig, GeneformerFineTuningModel
+    from geneformer.api import GeneformerConfig, GeneformerFineTuningModel
 
     adata = ad.read_h5ad(data_dir / "pbmc3k_raw_seurat_labels.h5ad")
     adata = adata[adata.obs["cell_type"].isin(CLASSES)][:24].copy()
@@ -501,7 +501,7 @@ def test_bad_label_column(pbmc, tmp_path):
 
 
 def test_single_class_label(pbmc, tmp_path):
-    from geneformer.train.classifier_data import ClassifierDataError
+    from geneformer._utils import ClassifierDataError
 
     cc = _cell_classifier(filter_data={"cell_type": ["NK"]})
     with pytest.raises(ClassifierDataError, match="single class"):
@@ -509,7 +509,7 @@ def test_single_class_label(pbmc, tmp_path):
 
 
 def test_too_few_cells_per_class(pbmc, tmp_path):
-    from geneformer.train.classifier_data import ClassifierDataError
+    from geneformer._utils import ClassifierDataError
 
     ds = datasets.load_from_disk(str(pbmc))
     labels = np.asarray(ds["cell_type"])
@@ -521,8 +521,8 @@ def test_too_few_cells_per_class(pbmc, tmp_path):
 
 
 def test_unknown_genes_in_gene_class_dict(pbmc, vocab_v1):
-    from geneformer import Classifier
-    from geneformer.train.classifier_data import ClassifierDataError
+    from geneformer.compat import Classifier
+    from geneformer._utils import ClassifierDataError
 
     gcd = _gene_class_dict(pbmc, vocab_v1)
     gcd["made_up"] = ["ENSG_NOT_A_GENE_1", "ENSG_NOT_A_GENE_2"]
@@ -534,7 +534,7 @@ def test_unknown_genes_in_gene_class_dict(pbmc, vocab_v1):
 
 
 def test_model_vocabulary_mismatch(pbmc, tiny_v2, tmp_path):
-    from geneformer.inference import InputError
+    from geneformer._utils import InputError
 
     cc = _cell_classifier()
     paths = cc.prepare_data(pbmc, tmp_path, "v", test_size=0.2)
@@ -543,7 +543,7 @@ def test_model_vocabulary_mismatch(pbmc, tiny_v2, tmp_path):
 
 
 def test_bad_options():
-    from geneformer import Classifier
+    from geneformer.compat import Classifier
 
     with pytest.raises(ValueError, match="classifier must be"):
         Classifier(classifier="cells")
@@ -552,6 +552,6 @@ def test_bad_options():
     with pytest.raises(ValueError, match="cell_state_dict"):
         Classifier(classifier="cell", model_version="V1")
     with pytest.raises(ValueError, match="label"):
-        from geneformer.train.finetune import finetune
+        from geneformer.train import finetune
 
         finetune("x", "y", "z", classifier="cell")

@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from geneformer.models import (
-    MODEL_ZOO,
-    ModelLoadError,
-    get_spec,
-    init_model,
-    layer_index,
-    list_models,
-    load_model,
-    n_layers,
-)
+from geneformer.models import MODEL_ZOO, ModelLoadError, get_spec, init_model, layer_index, list_models, load_model, n_layers
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +161,8 @@ def test_layer_index(mini_v1):
 
 # ---- the forward pass ---------------------------------------------------------------------------
 def test_forward_hidden_matches_transformers(mini_v1, pbmc_v1):
-    from geneformer.inference import as_sequences, collate, forward_hidden
+    from geneformer.data import as_sequences
+    from geneformer.inference import collate, forward_hidden
 
     seqs = as_sequences(pbmc_v1)
     rows = np.argsort(seqs.lengths)[:6]  # the shortest cells keep the test fast
@@ -184,7 +176,8 @@ def test_forward_hidden_matches_transformers(mini_v1, pbmc_v1):
 
 
 def test_forward_hidden_eager_model(golden_dir, pbmc_v1):
-    from geneformer.inference import as_sequences, collate, forward_hidden
+    from geneformer.data import as_sequences
+    from geneformer.inference import collate, forward_hidden
 
     eager = load_model(golden_dir / "models" / "mini-V1", attn_implementation="eager")
     seqs = as_sequences(pbmc_v1)
@@ -242,14 +235,18 @@ def test_bf16_autocast_close(mini_v1, pbmc_v1):
 
 # ---- bad input ----------------------------------------------------------------------------------
 def test_v2_data_with_v1_model(mini_v1, pbmc_v2):
-    from geneformer.inference import InputError, validate_sequences, as_sequences
+    from geneformer._utils import InputError
+    from geneformer.inference import validate_sequences
+    from geneformer.data import as_sequences
 
     with pytest.raises(InputError, match="V2 vocabulary"):
         validate_sequences(as_sequences(pbmc_v2.select(range(10))), mini_v1)
 
 
 def test_token_ids_beyond_vocab(mini_v2, pbmc_v1):
-    from geneformer.inference import InputError, as_sequences, validate_sequences
+    from geneformer._utils import InputError
+    from geneformer.data import as_sequences
+    from geneformer.inference import validate_sequences
 
     big = [[4, 5, 25000]]
     with pytest.raises(InputError, match="V1"):
@@ -257,7 +254,9 @@ def test_token_ids_beyond_vocab(mini_v2, pbmc_v1):
 
 
 def test_too_long_and_empty(mini_v1):
-    from geneformer.inference import InputError, as_sequences, validate_sequences
+    from geneformer._utils import InputError
+    from geneformer.data import as_sequences
+    from geneformer.inference import validate_sequences
 
     with pytest.raises(InputError, match="model_input_size=2048"):
         validate_sequences(as_sequences([list(range(10, 2100))]), mini_v1)
@@ -290,7 +289,7 @@ def test_models_cli_lists_zoo():
 
 
 def test_out_of_memory_batches_are_split(mini_v1, pbmc_v1, monkeypatch):
-    import geneformer.inference as inf
+    import geneformer.inference._loop as inf
 
     real = inf.forward_hidden
     sizes, done = [], []

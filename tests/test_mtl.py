@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny(tmp_path_factory, vocab_v1) -> Path:
     from transformers import BertForMaskedLM
 
-    from geneformer.train.architectures import architecture_config
+    from geneformer.train import architecture_config
 
     cfg = architecture_config("tiny", vocab_v1.size, max_position_embeddings=256)
     torch.manual_seed(3)
@@ -54,7 +54,7 @@ def splits(tmp_path_factory, golden_dir) -> dict[str, Path]:
 
 
 def _mtl(splits, tiny, tmp_path, **kw):
-    from geneformer import MTLClassifier
+    from geneformer.compat import MTLClassifier
 
     args = dict(task_columns=["cell_type", "batch"], train_path=splits["train"], val_path=splits["val"],
                 test_path=splits["test"], pretrained_path=tiny, model_save_path=tmp_path / "model",
@@ -73,7 +73,7 @@ def _mtl(splits, tiny, tmp_path, **kw):
 def test_encoder_starts_from_pretrained_weights(tiny):
     from transformers import BertForMaskedLM
 
-    from geneformer.train.mtl import GeneformerMultiTask
+    from geneformer.models import GeneformerMultiTask
 
     ref = BertForMaskedLM.from_pretrained(str(tiny)).bert.state_dict()
     model = GeneformerMultiTask(tiny, [3, 2], use_attention_pooling=True)
@@ -84,7 +84,7 @@ def test_encoder_starts_from_pretrained_weights(tiny):
 
 
 def test_attention_pooling_ignores_padding():
-    from geneformer.train.mtl import AttentionPool
+    from geneformer.models import AttentionPool
 
     torch.manual_seed(0)
     pool = AttentionPool(8)
@@ -97,7 +97,8 @@ def test_attention_pooling_ignores_padding():
 def test_optuna_study_saves_whole_model(splits, tiny, tmp_path):
     import pandas as pd
 
-    from geneformer.train.mtl import MODEL_DIR, GeneformerMultiTask, load_split
+    from geneformer.train._multitask import MODEL_DIR, load_split
+    from geneformer.models import GeneformerMultiTask
 
     mtl = _mtl(splits, tiny, tmp_path)
     study = mtl.run_optuna_study()
@@ -122,7 +123,7 @@ def test_optuna_study_saves_whole_model(splits, tiny, tmp_path):
                 "cell_type_all_probs", "cell_type_prob_NK", "batch_prob_b2"):
         assert col in val_preds.columns
     val = load_split(splits["val"], ["cell_type", "batch"], mappings, "validation")
-    from geneformer.train.mtl import collate
+    from geneformer.train._multitask import collate
 
     batch = collate([(val.seqs.row(i), val.labels[i], i) for i in range(len(val))])
     with torch.no_grad():
@@ -155,7 +156,7 @@ def test_manual_tuning(splits, tiny, tmp_path):
     res = mtl.run_manual_tuning()
     assert set(res["metrics"]) == {"cell_type", "batch"}
     assert (tmp_path / "results" / "manual_run_val_preds.csv").is_file()
-    from geneformer.train.mtl import GeneformerMultiTask
+    from geneformer.models import GeneformerMultiTask
 
     model = GeneformerMultiTask.load(tmp_path / "model" / "GeneformerMultiTask")
     assert model.attention_pool is None
@@ -165,7 +166,7 @@ def test_frozen_layers_do_not_change(splits, tiny, tmp_path):
     """max_layers_to_freeze=1 keeps encoder layer 0 at its pretrained values."""
     from transformers import BertForMaskedLM
 
-    from geneformer.train.mtl import GeneformerMultiTask
+    from geneformer.models import GeneformerMultiTask
 
     mtl = _mtl(splits, tiny, tmp_path, use_manual_hyperparameters=True,
                manual_hyperparameters={"learning_rate": 1e-2, "warmup_ratio": 0.0, "weight_decay": 0.0,
@@ -181,7 +182,7 @@ def test_frozen_layers_do_not_change(splits, tiny, tmp_path):
 
 
 def test_bad_input(splits, tiny, tmp_path):
-    from geneformer import MTLClassifier
+    from geneformer.compat import MTLClassifier
 
     with pytest.raises(KeyError, match="'donor'"):
         _mtl(splits, tiny, tmp_path, task_columns=["cell_type", "donor"]).run_optuna_study()

@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 from scipy.stats import ranksums
 
-from geneformer.perturb import results as R
-from geneformer.perturb.stats import InSilicoPerturberStats, _ImpactModel, bh_fdr, validate_cell_states
+from geneformer.perturb import _results as R
+from geneformer.compat import InSilicoPerturberStats
+from geneformer._utils import check_cell_states as validate_cell_states
+from geneformer.compat._perturber_stats import _ImpactModel
+from geneformer.perturb import bh_fdr
 
 KANG_STATES = {"state_key": "condition", "start_state": "ctrl", "goal_state": "stim", "alt_states": []}
 LIST_GENES = ["ENSG00000198851", "ENSG00000090382", "ENSG00000156738"]  # CD3E, LYZ, MS4A1
@@ -171,7 +174,7 @@ def test_goal_state_shift_with_alt_states_and_gene_files(tokens, tmp_path, monke
     assert df["N_Detections"].tolist() == [len(merged["stim"][(g, "cell_emb")]) for g in genes]
 
     # the null pool is subsampled with random.seed(42) beyond the cap
-    import geneformer.perturb.stats as S
+    import geneformer.compat._perturber_stats as S
 
     monkeypatch.setattr(S, "NULL_POOL_MAX", 20)
     df = stats.get_stats(folder, None, tmp_path / "out", "goal_small").sort_index()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geneformer.perturb import transforms as T
+from geneformer.perturb import _transforms as T
 
 CLS, EOS = 2, 3
 GENES = np.arange(10, 20)  # ten genes in rank order

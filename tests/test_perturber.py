@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from geneformer import InSilicoPerturber, InSilicoPerturberStats
-from geneformer.perturb import perturber as P
-from geneformer.perturb import results as R
-from geneformer.perturb.engine import RunSettings, forward_first_position, n_perturbations
-from geneformer.perturb import transforms as T
+from geneformer.compat import InSilicoPerturber, InSilicoPerturberStats
+from geneformer.compat import _perturber as P
+from geneformer.perturb import _results as R
+from geneformer.perturb._engine import RunSettings, forward_first_position, n_perturbations
+from geneformer.perturb import _transforms as T
 
 LIST_GENES = ["ENSG00000198851", "ENSG00000090382", "ENSG00000156738"]  # CD3E, LYZ, MS4A1
 KANG_STATES = {"state_key": "condition", "start_state": "ctrl", "goal_state": "stim", "alt_states": []}
@@ -641,7 +641,7 @@ def test_genes_expressed_by_no_cell(mini_v1, cells_v1, tmp_path):
 
 
 def test_model_vocabulary_mismatch(gold, mini_v1, cells_v1, cells_v2, tmp_path):
-    from geneformer.inference import InputError
+    from geneformer._utils import InputError
     from geneformer.models import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="vocab_size"):  # V1 model, V2 dictionary (the default)
@@ -662,7 +662,7 @@ def test_model_vocabulary_mismatch(gold, mini_v1, cells_v1, cells_v2, tmp_path):
 def test_perturb_api_on_anndata(mini_v1, data_dir):
     import anndata as ad
 
-    from geneformer import Geneformer, GeneformerConfig
+    from geneformer.api import Geneformer, GeneformerConfig
     from geneformer.perturb import perturb
 
     adata = ad.read_h5ad(data_dir / "pbmc3k_raw_seurat_labels.h5ad")[:40].copy()

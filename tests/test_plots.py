@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geneformer import plotting
+from geneformer.plotting import _embeddings as plotting
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_umap_plots(embs, tmp_path):
     """One test for every UMAP path, so that numba compiles UMAP once per test process."""
     import matplotlib.image as mpimg
 
-    from geneformer import EmbExtractor
+    from geneformer.compat import EmbExtractor
 
     x, labels = embs
     a = plotting.umap_coordinates(x)
@@ -63,7 +63,7 @@ def test_plot_errors(embs, tmp_path):
 
 
 def test_emb_extractor_heatmap(embs, tmp_path):
-    from geneformer import EmbExtractor
+    from geneformer.compat import EmbExtractor
 
     x, labels = embs
     df = _frame(x, labels)

@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from geneformer.train.architectures import ARCHITECTURES, architecture_config, load_config
-from geneformer.train.collators import (
-    DataCollatorForCellClassification,
-    DataCollatorForGeneClassification,
-    DataCollatorForMaskedGenes,
-)
-from geneformer.train.mlm import GeneformerForMaskedLM
+from geneformer.train import ARCHITECTURES, architecture_config, load_config
+from geneformer.train import DataCollatorForCellClassification, DataCollatorForGeneClassification, DataCollatorForMaskedGenes
+from geneformer.models import GeneformerForMaskedLM
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 N_CELLS, CROP = 64, 128
@@ -76,7 +72,7 @@ def cells_dir(cells, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(cells, tmp_path_factory, vocab_v1):
     """A short from-scratch run shared by several tests."""
-    from geneformer.train.pretraining import pretrain
+    from geneformer.train import pretrain
 
     out = tmp_path_factory.mktemp("scratch")
     return pretrain(cells, out, config="tiny", vocab="V1", max_steps=20, batch_size=8, learning_rate=1e-2,
@@ -253,7 +249,8 @@ def test_no_masked_positions_gives_zero_loss(vocab_v1):
 def test_length_grouped_sampler_matches_transformers():
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    from geneformer.train.sampler import LengthGroupedSampler, length_grouped_indices
+    from geneformer.train import LengthGroupedSampler
+    from geneformer.train._sampler import length_grouped_indices
 
     lengths = np.random.default_rng(0).integers(10, 2048, size=1000)
     lengths[::7] = 500  # ties
@@ -286,7 +283,7 @@ def test_loss_decreases_and_outputs(trained):
 def test_resume_reproduces_uninterrupted_run(cells, tmp_path):
     from transformers import TrainerCallback
 
-    from geneformer.train.pretraining import pretrain
+    from geneformer.train import pretrain
 
     small = _crop(cells.select(range(16)), 64)
     cfg = architecture_config("tiny", 25426, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
@@ -313,7 +310,7 @@ def test_continual_learning_starts_from_checkpoint(trained, cells, tmp_path):
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    from geneformer.train.pretraining import pretrain
+    from geneformer.train import pretrain
 
     saved = load_file(str(trained.model_dir / "model.safetensors"))["bert.encoder.layer.0.attention.self.query.weight"]
     seen = {}
@@ -331,7 +328,8 @@ def test_continual_learning_starts_from_checkpoint(trained, cells, tmp_path):
 
 
 def test_continual_learning_rejects_other_vocabulary(trained, pbmc_v1, pbmc_v2, tmp_path):
-    from geneformer.train.pretraining import CorpusError, pretrain
+    from geneformer._utils import CorpusError
+    from geneformer.train import pretrain
 
     v2_cells = _crop_v2(pbmc_v2.select(range(32)), CROP)
     with pytest.raises(CorpusError, match="V2 corpora"):
@@ -352,8 +350,8 @@ def test_reference_style_pretrainer(cells, vocab_v1, tmp_path):
     """The reference's usage: GeneformerPretrainer(token_dictionary=..., example_lengths_file=...)."""
     from transformers import BertForMaskedLM, TrainingArguments
 
-    from geneformer import GeneformerPretrainer
-    from geneformer.train.sampler import LengthGroupedSampler
+    from geneformer.compat import GeneformerPretrainer
+    from geneformer.train import LengthGroupedSampler
 
     lengths_file = tmp_path / "lengths.pkl"
     lengths_file.write_bytes(pickle.dumps(list(cells["length"])))
@@ -399,7 +397,8 @@ def test_torchrun_two_processes(cells_dir, tmp_path, dicts_dir):
 # bad input
 # ------------------------------------------------------------------------------------------------
 def test_bad_inputs(cells, tmp_path):
-    from geneformer.train.pretraining import CorpusError, pretrain
+    from geneformer._utils import CorpusError
+    from geneformer.train import pretrain
 
     no_length = cells.remove_columns("length")
     with pytest.raises(ValueError, match="no 'length' column.*add_length_column"):
@@ -467,15 +466,16 @@ def test_shipped_configs():
 
 def test_package_exports():
     import geneformer
-    import geneformer.train
-    from geneformer.train import pretrain
+    import geneformer.compat
+    from geneformer.train import MaskedGeneTrainer, pretrain
 
     assert callable(pretrain) and pretrain.__name__ == "pretrain"
-    assert geneformer.GeneformerPretrainer is geneformer.train.GeneformerPretrainer
+    assert geneformer.GeneformerPretrainer is geneformer.compat.GeneformerPretrainer
+    assert issubclass(geneformer.GeneformerPretrainer, MaskedGeneTrainer)
 
 
 def test_tensorboard_optional():
-    from geneformer.train.pretraining import _report_to
+    from geneformer.train._pretraining import _report_to
 
     try:
         import tensorboard  # noqa: F401

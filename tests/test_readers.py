@@ -321,7 +321,7 @@ def test_mtx_shape_mismatch(files, tmp_path):
 
 def test_loom_reads_in_blocks(files, source, monkeypatch, tmp_path):
     """Dense loom reads are split into chunk-aligned column blocks; the result is the same."""
-    import geneformer.io.loom as loom_mod
+    import geneformer.io._loom as loom_mod
 
     path = tmp_path / "small_chunks.loom"
     shutil.copy(files["loompy"], path)

@@ -13,7 +13,8 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from geneformer.io import InputFileError
-from geneformer.tokenizer import TranscriptomeTokenizer, tokenize_anndata, tokenize_files
+from geneformer.compat import TranscriptomeTokenizer
+from geneformer.tokenization import tokenize_anndata, tokenize_files
 
 LABELS = {
     "pbmc3k_raw_seurat_labels": ["cell_type", "cell_id"],

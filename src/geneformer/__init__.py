@@ -1,6 +1,18 @@
 """Geneformer: rank value encoding, embeddings, in silico perturbation and fine-tuning.
 
-Public names are imported lazily so that ``import geneformer`` stays fast and light.
+Three front doors onto one core (see the README's "Architecture"):
+
+- the reference package's classes (``TranscriptomeTokenizer``, ``EmbExtractor``,
+  ``InSilicoPerturber``, ``InSilicoPerturberStats``, ``Classifier``, ``MTLClassifier``,
+  ``GeneformerPretrainer``, the collators, ``get_embs``), from :mod:`geneformer.compat`;
+- the model-card API (``GeneformerConfig``, ``Geneformer``, ``GeneformerFineTuningModel``), from
+  :mod:`geneformer.api`;
+- our short functions (``tokenize_anndata``, ``tokenize_files``, ``estimate_gene_medians``,
+  ``build_vocab``, ``load_model``, ``cell_embeddings``, ``perturb``, ``finetune``, ``predict``,
+  ``pretrain``), from the stage packages.
+
+``geneformer.settings`` holds the package-wide defaults. Public names are imported lazily so that
+``import geneformer`` stays fast and light.
 """
 
 from __future__ import annotations
@@ -8,40 +20,45 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ._settings import settings
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    # vocabularies
-    "GeneVocab": "geneformer.vocab",
-    "load_vocab": "geneformer.vocab",
-    # tokenization
-    "TranscriptomeTokenizer": "geneformer.tokenizer",
-    "tokenize_anndata": "geneformer.tokenizer",
-    "tokenize_files": "geneformer.tokenizer",
-    "rank_value_encode": "geneformer.encode",
-    # corpus statistics
-    "estimate_gene_medians": "geneformer.corpus",
-    "build_vocab": "geneformer.corpus",
-    # models and embeddings
-    "load_model": "geneformer.models",
-    "MODEL_ZOO": "geneformer.models",
-    "EmbExtractor": "geneformer.embeddings",
-    "get_embs": "geneformer.embeddings",
+    # reference-compatible classes
+    "TranscriptomeTokenizer": "geneformer.compat",
+    "EmbExtractor": "geneformer.compat",
+    "get_embs": "geneformer.compat",
+    "InSilicoPerturber": "geneformer.compat",
+    "InSilicoPerturberStats": "geneformer.compat",
+    "Classifier": "geneformer.compat",
+    "MTLClassifier": "geneformer.compat",
+    "GeneformerPretrainer": "geneformer.compat",
+    "DataCollatorForCellClassification": "geneformer.train",
+    "DataCollatorForGeneClassification": "geneformer.train",
+    # the model-card API
     "Geneformer": "geneformer.api",
     "GeneformerConfig": "geneformer.api",
-    # perturbation
-    "InSilicoPerturber": "geneformer.perturb.perturber",
-    "InSilicoPerturberStats": "geneformer.perturb.stats",
-    # pretraining
-    "GeneformerPretrainer": "geneformer.train.pretraining",
-    "pretrain": "geneformer.train.pretraining",
-    "DataCollatorForCellClassification": "geneformer.train.collators",
-    "DataCollatorForGeneClassification": "geneformer.train.collators",
-    # fine-tuning
-    "Classifier": "geneformer.train.classifier",
-    "MTLClassifier": "geneformer.train.mtl",
-    "GeneformerFineTuningModel": "geneformer.api_finetune",
+    "GeneformerFineTuningModel": "geneformer.api",
+    # vocabularies and tokenization
+    "GeneVocab": "geneformer.vocab",
+    "load_vocab": "geneformer.vocab",
+    "estimate_gene_medians": "geneformer.vocab",
+    "build_vocab": "geneformer.vocab",
+    "tokenize_anndata": "geneformer.tokenization",
+    "tokenize_files": "geneformer.tokenization",
+    "rank_value_encode": "geneformer.tokenization",
+    # models, embeddings, perturbation, training
+    "load_model": "geneformer.models",
+    "MODEL_ZOO": "geneformer.models",
+    "cell_embeddings": "geneformer.embeddings",
+    "gene_embeddings": "geneformer.embeddings",
+    "finetune": "geneformer.train",
+    "predict": "geneformer.train",
+    "pretrain": "geneformer.train",
+    # errors
+    "GeneformerError": "geneformer._utils",
 }
 
 # module constants naming the published dictionary files, resolved on first access
@@ -56,7 +73,7 @@ _DICT_CONSTANTS = {
     "ENSEMBL_MAPPING_FILE_30M": ("ensembl_mapping", "V1"),
 }
 
-__all__ = sorted(list(_EXPORTS) + list(_DICT_CONSTANTS))
+__all__ = sorted(["settings", *_EXPORTS, *_DICT_CONSTANTS])
 
 
 def __getattr__(name: str) -> Any:

@@ -41,7 +41,7 @@ def embed_command(
     gene_names: Optional[str] = typer.Option(None, help="h5ad input: var column with gene IDs/symbols, or 'index'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    from ..embeddings.outputs import output_format
+    from ..embeddings import output_format
 
     try:
         fmt = output_format(output, fmt)
@@ -59,10 +59,12 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     import numpy as np
     import pandas as pd
 
-    from ..api import ROW_COLUMN, Geneformer, GeneformerConfig
-    from ..data_ops import check_columns, column_values, downsample_and_sort, load_tokenized
-    from ..embeddings import outputs
-    from ..embeddings.core import cell_embeddings, gene_embeddings
+    from ..api._model import ROW_COLUMN
+    from ..api import Geneformer
+    from ..api import GeneformerConfig
+    from ..data import check_columns, column_values, downsample_and_sort, load_tokenized
+    from ..embeddings import _outputs as outputs
+    from ..embeddings import cell_embeddings, gene_embeddings
     from ..models import load_model
 
     if mode not in ("cell", "cls", "gene"):
@@ -108,7 +110,7 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
 
 
 def _write_table(df, output, fmt) -> None:
-    from ..embeddings import outputs
+    from ..embeddings import _outputs as outputs
 
     if fmt == "csv":
         outputs.write_csv(df, output)

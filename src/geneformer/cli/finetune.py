@@ -58,7 +58,7 @@ def finetune_command(
     class_weights: bool = typer.Option(False, "--balanced", help="Weight the loss by inverse class frequency."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    from ..train.finetune import finetune
+    from ..train import finetune
 
     try:
         gcd = _read_gene_classes(gene_classes) if gene_classes else None
@@ -82,7 +82,7 @@ def predict_command(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    from ..train.finetune import predict
+    from ..train import predict
 
     try:
         table = predict(dataset, model, output, batch_size=batch_size, device=device, progress=not quiet)

@@ -19,7 +19,7 @@ Examples:
 def models_command(
     as_json: bool = typer.Option(False, "--json", help="Print the zoo as JSON."),
 ) -> None:
-    from ..models.zoo import list_models
+    from ..models import list_models
 
     specs = list_models()
     if as_json:

@@ -63,10 +63,10 @@ def perturb_command(
     no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh instead of resuming."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    from ..inference import InputError
-    from ..models.loading import ModelLoadError
-    from ..perturb.run import perturb
-    from ..vocab import VocabularyError
+    from .._utils import InputError
+    from .._utils import ModelLoadError
+    from ..perturb import perturb
+    from .._utils import VocabularyError
 
     chosen = "all" if not genes or [g.lower() for g in genes] == ["all"] else list(genes)
     try:

@@ -58,7 +58,7 @@ def pretrain_command(
     ),
 ) -> None:
     """Pretrain a Geneformer by masked-gene modelling, or continue training a checkpoint."""
-    from ..train.pretraining import pretrain
+    from ..train import pretrain
 
     try:
         result = pretrain(

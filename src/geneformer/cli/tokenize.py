@@ -42,12 +42,14 @@ def tokenize(
     overwrite: bool = typer.Option(False, help="Replace an existing output dataset."),
 ) -> None:
     """Tokenize single-cell files (rank value encoding) into one Hugging Face dataset."""
-    from ..io import InputFileError
-    from ..tokenizer import tokenize_files
-    from ..vocab import GeneVocab, VocabularyError, check_version
+    from .._utils import InputFileError
+    from ..tokenization import tokenize_files
+    from ..vocab import GeneVocab
+    from .._utils import check_model_version
+    from .._utils import VocabularyError
 
     try:
-        v = GeneVocab.from_dir(vocab) if vocab is not None else check_version(model_version)
+        v = GeneVocab.from_dir(vocab) if vocab is not None else check_model_version(model_version)
         name = prefix or Path(inputs[0]).name.split(".")[0]
         out = output / (name if name.endswith(".dataset") else f"{name}.dataset")
         ds = tokenize_files(

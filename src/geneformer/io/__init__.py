@@ -1,66 +1,10 @@
-"""Readers for single-cell count files; each yields row chunks of raw counts (see ``base.CellReader``).
+"""Readers for single-cell count files; each yields row chunks of raw counts (see :class:`CellReader`).
 
 Formats: ``.h5ad``, ``.zarr``, ``.loom``, 10x HDF5 (``.h5``), 10x MTX folders, and in-memory AnnData.
 """
 
-from __future__ import annotations
+from .._utils import InputFileError
+from ._base import CellReader, to_csr
+from ._open import FORMATS, detect_format, open_reader
 
-import os
-from pathlib import Path
-
-from .base import CellReader, InputFileError
-
-#: file_format name -> (module, class)
-_READERS = {
-    "h5ad": ("geneformer.io.anndata_reader", "AnnDataReader"),
-    "zarr": ("geneformer.io.anndata_reader", "AnnDataReader"),
-    "anndata": ("geneformer.io.anndata_reader", "AnnDataReader"),
-    "loom": ("geneformer.io.loom", "LoomReader"),
-    "10x_h5": ("geneformer.io.tenx", "TenxH5Reader"),
-    "10x_mtx": ("geneformer.io.tenx", "TenxMtxReader"),
-}
-FORMATS = tuple(_READERS)
-
-
-def detect_format(path: str | os.PathLike) -> str:
-    """Guess the format of ``path`` from its name (and, for folders, contents)."""
-    p = Path(path)
-    name = p.name.lower()
-    if name.endswith(".h5ad"):
-        return "h5ad"
-    if name.endswith(".zarr"):
-        return "zarr"
-    if name.endswith(".loom"):
-        return "loom"
-    if name.endswith(".h5"):
-        return "10x_h5"
-    if p.is_dir():
-        if any((p / f).exists() for f in ("matrix.mtx", "matrix.mtx.gz")):
-            return "10x_mtx"
-        if (p / ".zgroup").exists() or (p / "zarr.json").exists():
-            return "zarr"
-    raise InputFileError(
-        f"Cannot tell the format of {p}: expected .h5ad, .zarr, .loom, a 10x .h5 file or a 10x MTX folder. "
-        "Pass file_format explicitly."
-    )
-
-
-def open_reader(source, file_format: str | None = None, **options) -> CellReader:
-    """Open a reader for a path (format detected from the name unless given) or an AnnData."""
-    import importlib
-
-    import anndata as ad
-
-    if isinstance(source, ad.AnnData):
-        file_format = "anndata"
-    elif file_format is None:
-        file_format = detect_format(source)
-    file_format = {"mtx": "10x_mtx", "h5": "10x_h5", "10x": "10x_h5"}.get(file_format, file_format)
-    if file_format not in _READERS:
-        raise ValueError(f"Unknown file_format {file_format!r}; choose one of {FORMATS}.")
-    module, cls = _READERS[file_format]
-    reader_cls = getattr(importlib.import_module(module), cls)
-    return reader_cls(source, **options)
-
-
-__all__ = ["CellReader", "InputFileError", "open_reader", "detect_format", "FORMATS"]
+__all__ = ["FORMATS", "CellReader", "InputFileError", "detect_format", "open_reader", "to_csr"]

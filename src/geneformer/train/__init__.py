@@ -1,47 +1,20 @@
-"""Training: masked-gene pretraining and continual learning, and fine-tuning (classifiers, MTL, LoRA).
+"""Training: masked-gene pretraining and continual learning; fine-tuning of cell and gene
+classifiers (one path shared by single runs, cross-validation and hyperparameter search), multi-task
+training, metrics and the batching pieces (collators, length-grouped sampler, attention dropout)."""
 
-Names are imported lazily, so that using a collator does not import the ``Trainer`` stack.
-"""
+from .._utils import ClassifierDataError, CorpusError
+from ..models import GeneformerForMaskedLM, GeneformerMultiTask, load_finetuned, quantize_dynamic_int8
+from ._architectures import ARCHITECTURES, architecture_config, load_config
+from ._collators import DataCollatorForCellClassification, DataCollatorForGeneClassification, DataCollatorForMaskedGenes
+from ._dropout_attention import use_fused_attention_dropout
+from ._finetune import FinetuneResult, finetune, predict
+from ._pretraining import MaskedGeneTrainer, PretrainResult, add_length_column, check_corpus, config_file, pretrain
+from ._sampler import LengthGroupedSampler
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "ARCHITECTURES": "architectures",
-    "architecture_config": "architectures",
-    "load_config": "architectures",
-    "DataCollatorForMaskedGenes": "collators",
-    "DataCollatorForCellClassification": "collators",
-    "DataCollatorForGeneClassification": "collators",
-    "GeneformerForMaskedLM": "mlm",
-    "LengthGroupedSampler": "sampler",
-    "CorpusError": "pretraining",
-    "GeneformerPretrainer": "pretraining",
-    "PretrainResult": "pretraining",
-    "add_length_column": "pretraining",
-    "check_corpus": "pretraining",
-    "config_file": "pretraining",
-    "pretrain": "pretraining",
-    "Classifier": "classifier",
-    "MTLClassifier": "mtl",
-    "GeneformerMultiTask": "mtl",
-    "finetune": "finetune",
-    "predict": "finetune",
-    "load_finetuned": "lora",
-    "quantize_dynamic_int8": "lora",
-    "use_fused_attention_dropout": "dropout_attention",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [
+    "ARCHITECTURES", "ClassifierDataError", "CorpusError", "DataCollatorForCellClassification",
+    "DataCollatorForGeneClassification", "DataCollatorForMaskedGenes", "FinetuneResult", "GeneformerForMaskedLM",
+    "GeneformerMultiTask", "LengthGroupedSampler", "MaskedGeneTrainer", "PretrainResult", "add_length_column", "architecture_config",
+    "check_corpus", "config_file", "finetune", "load_config", "load_finetuned", "predict", "pretrain",
+    "quantize_dynamic_int8", "use_fused_attention_dropout",
+]

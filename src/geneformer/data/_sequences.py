@@ -1,0 +1,84 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+
+# ---- token sequences ----------------------------------------------------------------------------
+@dataclass
+class TokenSequences:
+    """Ragged token sequences as one flat array plus offsets (no per-cell Python objects)."""
+
+    values: np.ndarray  # all tokens, concatenated (int64)
+    offsets: np.ndarray  # (N + 1,) start of each cell in ``values``
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    def first_tokens(self) -> np.ndarray:
+        """First token of every cell (-1 for empty cells)."""
+        lens = self.lengths
+        out = np.full(len(self), -1, dtype=np.int64)
+        ok = lens > 0
+        out[ok] = self.values[self.offsets[:-1][ok]]
+        return out
+
+    def last_tokens(self) -> np.ndarray:
+        """Last token of every cell (-1 for empty cells)."""
+        lens = self.lengths
+        out = np.full(len(self), -1, dtype=np.int64)
+        ok = lens > 0
+        out[ok] = self.values[self.offsets[1:][ok] - 1]
+        return out
+
+
+def as_sequences(data: Any, column: str = "input_ids") -> TokenSequences:
+    """Read token sequences from a datasets.Dataset, a pandas DataFrame, a list of lists, or a TokenSequences."""
+    if isinstance(data, TokenSequences):
+        return data
+    try:
+        import datasets
+
+        is_ds = isinstance(data, datasets.Dataset)
+    except ImportError:  # pragma: no cover
+        is_ds = False
+    if is_ds:
+        if column not in data.column_names:
+            raise KeyError(
+                f"The dataset has no {column!r} column (columns: {data.column_names}); "
+                "tokenize the cells first (geneformer tokenize / tokenize_anndata)."
+            )
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        col = data.with_format("arrow")[column]
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks() if col.num_chunks else pa.array([], type=col.type)
+        lens = np.asarray(pc.list_value_length(col).fill_null(0), dtype=np.int64)
+        values = np.asarray(col.flatten(), dtype=np.int64)
+        return TokenSequences(values, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+    try:
+        import pandas as pd
+
+        if isinstance(data, pd.DataFrame):
+            if column not in data.columns:
+                raise KeyError(f"The table has no {column!r} column (columns: {list(data.columns)}).")
+            data = data[column].tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    seqs = [np.asarray(s, dtype=np.int64).ravel() for s in data]
+    lens = np.array([len(s) for s in seqs], dtype=np.int64)
+    values = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
+    return TokenSequences(values, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))

@@ -1,0 +1,103 @@
+"""The reader interface: every single-cell file format yields row chunks of raw counts."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from .._utils import InputFileError
+
+
+class CellReader(ABC):
+    """Streams a cells × genes count matrix in row chunks, plus its cell and gene tables.
+
+    Subclasses read one format. ``var`` is the gene table (index = the file's gene names, plus any
+    gene columns such as ``ensembl_id``); ``read_obs`` returns cell attributes in file order;
+    ``iter_counts`` yields ``(start_row, csr_matrix)`` chunks in file gene order, never the whole
+    matrix at once.
+    """
+
+    path: str | None = None
+    format: str = ""
+    _file: Any = None  # the open file or store, closed by close()
+    # subclasses set these when opening
+    _n: int = 0
+    _var: pd.DataFrame
+
+    @property
+    def n_cells(self) -> int:
+        return self._n
+
+    @property
+    def var(self) -> pd.DataFrame:
+        return self._var
+
+    @property
+    @abstractmethod
+    def obs_columns(self) -> list[str]: ...
+
+    @abstractmethod
+    def read_obs(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Cell attributes (all cells, file order); ``columns=None`` reads every column."""
+
+    @abstractmethod
+    def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Counts of cells ``start:stop`` as CSR (cells × file genes)."""
+
+    def iter_counts(self, chunk_size: int = 512, start: int = 0, stop: int | None = None
+                    ) -> Iterator[tuple[int, sp.csr_matrix]]:
+        stop = self.n_cells if stop is None else min(stop, self.n_cells)
+        for s in range(start, stop, chunk_size):
+            yield s, self.read_rows(s, min(s + chunk_size, stop))
+
+    def reopen_args(self) -> tuple | None:
+        """Arguments for :func:`geneformer.io.open_reader` that reopen this file in a worker, or None."""
+        return None
+
+    def close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None and hasattr(f, "close"):  # zarr groups have nothing to close
+            f.close()
+
+    def _open_h5(self, init: Callable[[Any], None], kind: str) -> None:
+        """Open ``self.path`` with h5py and run ``init(file)`` to read the layout. Any failure closes
+        the file and raises InputFileError naming it; ``kind`` says what the file should be."""
+        import h5py
+
+        p = Path(self.path)
+        if not p.is_file():
+            raise InputFileError(f"Input file {p} does not exist.")
+        try:
+            self._file = h5py.File(p, "r")
+            init(self._file)
+        except InputFileError:
+            self.close()
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            self.close()
+            raise InputFileError(f"Could not read {self.describe()}: {exc}. The file may be truncated or "
+                                 f"not {kind}.") from exc
+
+    def __enter__(self) -> "CellReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return f"{self.format} file {self.path}" if self.path else f"in-memory {self.format}"
+
+
+def to_csr(block, dtype=None) -> sp.csr_matrix:
+    """Any 2-D block (dense, sparse, backed) as CSR."""
+    if sp.issparse(block):
+        m = block.tocsr()
+    else:
+        m = sp.csr_matrix(np.asarray(block))
+    if dtype is not None and m.dtype != dtype:
+        m = m.astype(dtype)
+    return m

@@ -1,0 +1,62 @@
+"""Opening a reader by file format (detected from the name, or given)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .._utils import InputFileError
+from ._base import CellReader
+
+
+#: file_format name -> (module, class)
+_READERS = {
+    "h5ad": ("geneformer.io._anndata", "AnnDataReader"),
+    "zarr": ("geneformer.io._anndata", "AnnDataReader"),
+    "anndata": ("geneformer.io._anndata", "AnnDataReader"),
+    "loom": ("geneformer.io._loom", "LoomReader"),
+    "10x_h5": ("geneformer.io._tenx", "TenxH5Reader"),
+    "10x_mtx": ("geneformer.io._tenx", "TenxMtxReader"),
+}
+FORMATS = tuple(_READERS)
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Guess the format of ``path`` from its name (and, for folders, contents)."""
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith(".h5ad"):
+        return "h5ad"
+    if name.endswith(".zarr"):
+        return "zarr"
+    if name.endswith(".loom"):
+        return "loom"
+    if name.endswith(".h5"):
+        return "10x_h5"
+    if p.is_dir():
+        if any((p / f).exists() for f in ("matrix.mtx", "matrix.mtx.gz")):
+            return "10x_mtx"
+        if (p / ".zgroup").exists() or (p / "zarr.json").exists():
+            return "zarr"
+    raise InputFileError(
+        f"Cannot tell the format of {p}: expected .h5ad, .zarr, .loom, a 10x .h5 file or a 10x MTX folder. "
+        "Pass file_format explicitly."
+    )
+
+
+def open_reader(source, file_format: str | None = None, **options) -> CellReader:
+    """Open a reader for a path (format detected from the name unless given) or an AnnData."""
+    import importlib
+
+    import anndata as ad
+
+    if isinstance(source, ad.AnnData):
+        file_format = "anndata"
+    elif file_format is None:
+        file_format = detect_format(source)
+    file_format = {"mtx": "10x_mtx", "h5": "10x_h5", "10x": "10x_h5"}.get(file_format, file_format)
+    if file_format not in _READERS:
+        raise InputFileError(f"Unknown file_format {file_format!r}; choose one of {FORMATS}.")
+    module, cls = _READERS[file_format]
+    reader_cls = getattr(importlib.import_module(module), cls)
+    return reader_cls(source, **options)

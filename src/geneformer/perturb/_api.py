@@ -1,0 +1,190 @@
+"""``perturb``: our short API for in silico perturbation (AnnData or tokenized cells in, tidy table out)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["annotate_genes", "perturb", "read_results"]
+
+
+def read_results(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a perturber's tidy parquet: ``perturbed`` as an int token (tuple for several genes),
+    ``affected`` as nullable Int64 (<NA> for the cell-level value), then state/cell/row/cell_id/value."""
+    import pyarrow.parquet as pq
+
+    from ._store import _key_codes
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"Perturbation results {p} do not exist.")
+    table = pq.read_table(p)
+    codes, key_objs = _key_codes(table.column("perturbed")) if table.num_rows else (np.zeros(0, np.int64), [])
+    keys = np.empty(len(key_objs), dtype=object)
+    keys[:] = key_objs
+    df = table.drop(["perturbed"]).to_pandas()
+    df.insert(0, "perturbed", keys[codes] if len(codes) else np.zeros(0, object))
+    df["affected"] = df["affected"].astype("Int64")
+    return df
+
+
+def annotate_genes(df: pd.DataFrame, vocab: Any) -> pd.DataFrame:
+    """Add Ensembl IDs and symbols of the perturbed and affected genes ("+"-joined for groups)."""
+    inv = vocab.id_to_token
+    sym = vocab.ensembl_to_symbol
+
+    def ens(t):
+        return inv.get(int(t), str(t))
+
+    def label(key, f):
+        return "+".join(f(t) for t in key) if isinstance(key, tuple) else f(key)
+
+    uniq = pd.unique(df["perturbed"]) if len(df) else []
+    p_ens = {k: label(k, ens) for k in uniq}
+    p_sym = {k: label(k, lambda t: sym.get(ens(t), ens(t))) for k in uniq}
+    out = df.copy()
+    out.insert(1, "perturbed_gene", out["perturbed"].map(p_ens))
+    out.insert(2, "perturbed_symbol", out["perturbed"].map(p_sym))
+    aff = out["affected"]
+    a_uniq = pd.unique(aff.dropna()) if len(out) else []
+    a_ens = {int(t): ens(t) for t in a_uniq}
+    a_sym = {int(t): sym.get(ens(t), ens(t)) for t in a_uniq}
+    pos = out.columns.get_loc("affected") + 1
+    out.insert(pos, "affected_gene", aff.map(lambda t: a_ens.get(int(t)) if pd.notna(t) else None))
+    out.insert(pos + 1, "affected_symbol", aff.map(lambda t: a_sym.get(int(t)) if pd.notna(t) else None))
+    return out
+
+
+def perturb(
+    data: Any,
+    model: Any,
+    genes: str | Sequence[str] = "all",
+    perturb_type: str = "delete",
+    *,
+    emb_mode: str | None = None,
+    rank_shift: int | None = None,
+    combos: int = 0,
+    anchor_gene: str | None = None,
+    state_key: str | None = None,
+    start_state: Any = None,
+    goal_state: Any = None,
+    alt_states: Sequence[Any] = (),
+    state_embs: Any = None,
+    max_ncells: int | None = None,
+    emb_layer: int = -1,
+    model_version: str | None = None,
+    batch_size: int | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    output_dir: str | os.PathLike | None = None,
+    prefix: str = "perturb",
+    gene_names: str | None = None,
+    annotate: bool = True,
+    return_frame: bool = True,
+    progress: bool = True,
+    **perturber_kwargs: Any,
+) -> pd.DataFrame | Path:
+    """Perturb genes in silico and return the tidy results.
+
+    Args:
+        data: an AnnData (tokenized for the model on the fly; ``gene_names`` names the var column of
+            gene IDs/symbols), an ``.h5ad`` path, a tokenized ``datasets.Dataset`` or its folder.
+        model: a zoo name, a model folder or a loaded model.
+        genes: "all" (each gene of each cell in turn) or genes (Ensembl IDs or symbols) perturbed together.
+        perturb_type: "delete", "overexpress", "inhibit" or "activate" (the last two need ``rank_shift``).
+        emb_mode: "cell", "cls", "cell_and_gene" or "cls_and_gene"; default "cls" for V2 models,
+            "cell" for V1.
+        state_key, start_state, goal_state, alt_states: goal-state modelling: only ``start_state``
+            cells are perturbed and the shift towards each state is measured. ``state_embs``
+            ({state: vector} or a pickle path) defaults to mean embeddings of each state's cells.
+        output_dir, prefix: where the results go (a temporary folder when None, and the table is
+            returned); with ``return_frame=False`` the tidy parquet's path is returned instead.
+        perturber_kwargs: any other :class:`InSilicoPerturber` argument (filter_data, resume, ...).
+
+    Returns:
+        The tidy DataFrame (``perturbed``, gene IDs/symbols, ``affected``, ``state``, ``cell``, ``row``
+        — the row in ``data`` — ``cell_id``, ``value``), or the parquet path.
+    """
+    from ..models import load_model, model_vocab_version
+    from ..compat import InSilicoPerturber
+
+    loaded = load_model(model, device=device) if isinstance(model, (str, os.PathLike)) else model
+    version = (model_version or model_vocab_version(loaded) or "V2").upper()
+    dataset, obs_rows = _as_dataset(data, loaded, version, state_key, gene_names)
+    if emb_mode is None:
+        emb_mode = "cls" if version == "V2" else "cell"
+    states = None
+    if any(v is not None for v in (state_key, start_state, goal_state)):
+        states = {"state_key": state_key, "start_state": start_state, "goal_state": goal_state,
+                  "alt_states": list(alt_states)}
+    tmp = tempfile.TemporaryDirectory(prefix="gf-perturb-") if output_dir is None else None
+    out_dir = Path(tmp.name if tmp else output_dir)
+    try:
+        if states is not None and state_embs is None:
+            state_embs = _state_embeddings(states, loaded, dataset, emb_mode, emb_layer, version, out_dir, device)
+        isp = InSilicoPerturber(
+            perturb_type=perturb_type, perturb_rank_shift=rank_shift, genes_to_perturb=genes, combos=combos,
+            anchor_gene=anchor_gene, emb_mode=emb_mode, cell_states_to_model=states, state_embs_dict=state_embs,
+            max_ncells=max_ncells, emb_layer=emb_layer, forward_batch_size=batch_size, model_version=version,
+            device=device, dtype=dtype, progress=progress, **perturber_kwargs,
+        )
+        path = isp.perturb_data(loaded, dataset, out_dir, prefix)
+        if not return_frame:
+            return path
+        df = read_results(path)
+        if obs_rows is not None:
+            df["row"] = obs_rows[df["row"].to_numpy()]
+        if annotate and not isinstance(isp._vocab, dict):
+            df = annotate_genes(df, isp._vocab)
+        return df
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _as_dataset(data: Any, model: Any, version: str, state_key: str | None, gene_names: str | None):
+    """A tokenized dataset, and for AnnData input the obs position of each dataset row."""
+    import anndata as ad
+
+    from ..api._model import ROW_COLUMN
+    from ..api import Geneformer
+    from ..api import GeneformerConfig
+    from ..data import load_tokenized
+
+    if isinstance(data, (str, os.PathLike)) and Path(data).suffix == ".h5ad":
+        data = ad.read_h5ad(data)
+    if not isinstance(data, ad.AnnData):
+        return load_tokenized(data), None
+    adata = data
+    obs_cols = {}
+    if state_key is not None:
+        if state_key not in adata.obs.columns:
+            raise KeyError(f"state_key {state_key!r} is not an obs column; columns: {list(adata.obs.columns)}.")
+        obs_cols[state_key] = state_key
+    light = ad.AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var)
+    light.obs["cell_id"] = adata.obs_names.astype(str)
+    obs_cols["cell_id"] = "cell_id"
+    gf = Geneformer(GeneformerConfig(model_name=str(getattr(model, "name_or_path", "model")), vocab=version),
+                    model=model)
+    ds = gf.tokenize(light, gene_names=gene_names, custom_attr_name_dict=obs_cols)
+    rows = np.asarray(ds[ROW_COLUMN], dtype=np.int64) if ROW_COLUMN in ds.column_names else None
+    return ds, rows
+
+
+def _state_embeddings(states, model, dataset, emb_mode, emb_layer, version, out_dir, device) -> dict:
+    """Mean embedding of each state's cells (up to 1,000 per state), as EmbExtractor.get_state_embs."""
+    from ..compat import EmbExtractor
+
+    mode = "cls" if emb_mode.startswith("cls") else "cell"
+    ex = EmbExtractor(emb_mode=mode, summary_stat="exact_mean", max_ncells=1000, emb_layer=emb_layer,
+                      model_version=version, device=device)
+    logger.info("Computing state embeddings for %s", states)
+    return ex.get_state_embs(states, model, dataset, out_dir, "state_embs")

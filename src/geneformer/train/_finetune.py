@@ -1,0 +1,249 @@
+"""One-call fine-tuning and prediction (``geneformer finetune`` / ``geneformer predict``).
+
+:func:`finetune` prepares the labels, holds out a stratified test split, splits the rest into
+train / validation, trains (or runs an Optuna search), then scores the test split. Layout::
+
+    OUTPUT/data/finetune_{id_class_dict.pkl, labeled_train.dataset, labeled_test.dataset}
+    OUTPUT/model/            fine-tuned model (or LoRA adapter) + geneformer_finetune.json
+    OUTPUT/metrics.json      test macro-F1, accuracy, ROC-AUC, sizes, classes
+    OUTPUT/finetune_{test_metrics_dict.pkl, pred_dict.pkl, predictions.csv, conf_mat.png}
+
+:func:`predict` scores a tokenized dataset with a fine-tuned folder: one row per cell (cell
+classifiers) or per gene (gene classifiers: class probabilities averaged over the gene's positions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import _classification_data as cd
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "finetune"
+
+
+@dataclass
+class FinetuneResult:
+    """Where the fine-tuned model went and how it scored on the held-out test split."""
+
+    output_dir: Path
+    model_dir: Path
+    metrics: dict = field(default_factory=dict)
+    id_class_dict: dict = field(default_factory=dict)
+
+
+def model_vocab_version(model: str | os.PathLike) -> str:
+    """"V1"/"V2" of a model folder (from ``vocab_size``) or zoo name."""
+    from ..models import get_spec, vocab_version_for_size
+
+    path = Path(model)
+    if (path / "config.json").is_file():
+        meta = path / "geneformer_finetune.json"
+        if meta.is_file() and json.loads(meta.read_text()).get("model_version"):
+            return json.loads(meta.read_text())["model_version"]
+        size = json.loads((path / "config.json").read_text()).get("vocab_size")
+        version = vocab_version_for_size(size) if size else None
+        if version is None:
+            raise ValueError(f"Model {model} has a custom vocabulary (vocab_size {size}); only the published V1/V2 "
+                             "vocabularies are supported by finetune.")
+        return version
+    try:
+        return get_spec(str(model)).vocab_version
+    except KeyError as exc:
+        raise ValueError(f"{model!r} is neither a model folder (with config.json) nor a zoo model name.") from exc
+
+
+def finetune(
+    dataset: Any,
+    model: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    label: str | None = None,
+    classifier: str = "cell",
+    gene_class_dict: Mapping[Any, list] | None = None,
+    epochs: float | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    freeze_layers: int = 0,
+    lora: Any = False,
+    n_trials: int = 0,
+    test_size: float = 0.1,
+    eval_size: float = 0.1,
+    seed: int = 42,
+    max_ncells: int | None = None,
+    filter_data: Mapping[str, Any] | None = None,
+    rare_threshold: float = 0,
+    class_weights: Any = None,
+    training_args: Mapping[str, Any] | None = None,
+    hyperopt_space: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    token_dictionary_file: str | os.PathLike | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``model`` on a tokenized ``dataset`` (folder or Dataset) and score a held-out test split.
+
+    Cell classifiers predict ``label`` (a dataset column); gene classifiers predict the classes of
+    ``gene_class_dict`` ({class: [Ensembl IDs]}), with genes (not cells) held out for validation/test.
+    ``n_trials > 0`` runs an Optuna search (macro-F1 on the validation split) and keeps the best trial.
+    """
+    from ..compat import Classifier
+
+    if classifier not in ("cell", "gene"):
+        raise ValueError(f"classifier must be 'cell' or 'gene', got {classifier!r}.")
+    if classifier == "cell" and not label:
+        raise ValueError("A cell classifier needs label=<dataset column with the classes>.")
+    if classifier == "gene" and not gene_class_dict:
+        raise ValueError("A gene classifier needs gene_class_dict={class: [Ensembl IDs]} (--gene-classes FILE).")
+    if not (0 < test_size < 1 and 0 < eval_size < 1 and test_size + eval_size < 1):
+        raise ValueError(f"test_size ({test_size}) and eval_size ({eval_size}) must be in (0, 1) and sum below 1.")
+    out = Path(output_dir)
+    model_dir = out / "model"
+    if model_dir.exists() and any(model_dir.iterdir()):
+        raise ValueError(f"{model_dir} already exists; choose another --output or delete it.")
+    # a custom token dictionary (a vocabulary built with build-vocab) stands in for V1/V2
+    version = "V2" if token_dictionary_file is not None else model_vocab_version(model)
+    targs = dict(training_args or {})
+    if epochs is not None:
+        targs["num_train_epochs"] = epochs
+    if learning_rate is not None:
+        targs["learning_rate"] = learning_rate
+    if batch_size is not None:
+        targs["per_device_train_batch_size"] = batch_size
+        targs["per_device_eval_batch_size"] = batch_size
+    clf = Classifier(
+        classifier=classifier,
+        cell_state_dict={"state_key": label, "states": "all"} if classifier == "cell" else None,
+        gene_class_dict=gene_class_dict if classifier == "gene" else None,
+        filter_data=filter_data, rare_threshold=rare_threshold, max_ncells=max_ncells, training_args=targs,
+        freeze_layers=freeze_layers, model_version=version, lora=lora, class_weights=class_weights, seed=seed,
+        split_sizes={"train": 1 - test_size - eval_size, "valid": eval_size, "test": test_size},
+        hyperopt_space=hyperopt_space, progress=progress, token_dictionary_file=token_dictionary_file,
+    )
+    data_dir = out / "data"
+    paths = clf.prepare_data(dataset, data_dir, PREFIX, test_size=test_size)
+    id_class_dict = cd.load_id_class_dict(paths["id_class_dict"])
+    n_classes = len(id_class_dict)
+    if classifier == "cell":
+        full = clf._load(paths["train"])
+        labels = cd.column(full, "label")
+        frac = eval_size / (1 - test_size)
+        cd.check_split_counts(labels, frac, "train/validation split", id_class_dict)
+        tr, va = cd.stratified_split(labels, frac, seed=seed)
+        train_ds, eval_ds = cd.select_rows(full, tr), cd.select_rows(full, va)
+        test_ds = clf._load(paths["test"])
+    else:
+        full = clf._load(paths["labeled"])
+        token_class = clf._token_class(id_class_dict)
+        n_splits = max(2, int(round(1 / (test_size + eval_size))))
+        tr_genes, va_genes, te_genes = cd.gene_folds(token_class, n_splits, eval_size, test_size, seed=0)[0]
+        train_ds = clf._prep_gene_split(full, {t: token_class[t] for t in tr_genes}, False)
+        eval_ds = clf._prep_gene_split(full, {t: token_class[t] for t in va_genes}, False)
+        test_ds = clf._prep_gene_split(full, {t: token_class[t] for t in te_genes or va_genes}, False)
+        cd.save_dataset(test_ds, data_dir / f"{PREFIX}_labeled_test.dataset")
+
+    if n_trials and n_trials > 0:
+        result = clf.hyperopt_classifier(model, n_classes, train_ds, eval_ds, out / "hyperopt", n_trials=n_trials)
+        shutil.copytree(result.best_model_dir, model_dir, dirs_exist_ok=True)
+    else:
+        clf.train_classifier(model, n_classes, train_ds, eval_ds, model_dir)
+
+    metrics = clf.evaluate_saved_model(model_dir, paths["id_class_dict"], test_ds, out, PREFIX)
+    clf.plot_conf_mat({"test": metrics["conf_matrix"]}, out, PREFIX, fmt="png")
+    if metrics.get("all_roc_metrics"):
+        clf.plot_roc({"Geneformer": metrics["all_roc_metrics"]}, None, "Test ROC", out, PREFIX, fmt="png")
+    summary = {
+        "macro_f1": metrics["macro_f1"], "accuracy": metrics["acc"], "roc_auc": metrics.get("roc_auc"),
+        "n_train": len(train_ds), "n_validation": len(eval_ds), "n_test": len(test_ds),
+        "classes": [str(id_class_dict[i]) for i in range(n_classes)], "classifier": classifier,
+        "model": str(model), "vocab": version,
+    }
+    tmp = out / f".metrics.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, out / "metrics.json")
+    return FinetuneResult(out, model_dir, summary, id_class_dict)
+
+
+def _id2label(model: Any, folder: Path) -> dict[int, str]:
+    from ..models import read_finetune_meta
+
+    meta = read_finetune_meta(folder)
+    if meta.get("id2label"):
+        return {int(k): v for k, v in meta["id2label"].items()}
+    return {int(k): v for k, v in (model.config.id2label or {}).items()}
+
+
+def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.PathLike | None = None, *,
+            batch_size: int | None = 100, device: Any = None, progress: bool = True) -> pd.DataFrame:
+    """Predict with a fine-tuned folder; writes ``output_csv`` when given and returns the table.
+
+    Cell classifiers: ``cell_id`` (when the dataset has one), ``row``, ``pred_label``, ``prob_<class>``.
+    Gene classifiers: one row per gene seen — ``gene``, ``token_id``, ``n_positions``, ``pred_label``
+    and the class probabilities averaged over its positions.
+    """
+    import torch
+
+    from ..data import load_tokenized
+    from ..data import as_sequences
+    from ..inference import run_model
+    from ._evaluation import cell_id_column
+    from ..models import finetuned_kind, load_finetuned, read_finetune_meta
+
+    folder = Path(model_dir)
+    ds = load_tokenized(dataset)
+    kind = finetuned_kind(folder)
+    model = load_finetuned(folder, kind, device=device)
+    id2label = _id2label(model, folder)
+    n_classes = int(model.config.num_labels)
+    names = [id2label.get(i, str(i)) for i in range(n_classes)]
+    seqs = as_sequences(ds)
+    if kind == "cell_classifier":
+        logits = np.zeros((len(seqs), n_classes), dtype=np.float32)
+        for rows, out in run_model(model, seqs, batch_size=batch_size, progress=progress):
+            logits[rows] = out.logits.float().cpu().numpy()
+        probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        table = pd.DataFrame({"row": np.arange(len(seqs))})
+        id_col = cell_id_column(ds)
+        if id_col:
+            table.insert(0, "cell_id", cd.column(ds, id_col))
+        table["pred_label"] = [names[i] for i in probs.argmax(1)]
+    else:
+        vocab_size = int(model.config.vocab_size)
+        sums = np.zeros((vocab_size, n_classes), dtype=np.float64)
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        for rows, out in run_model(model, seqs, batch_size=batch_size, progress=progress):
+            p = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+            for j, r in enumerate(rows):
+                toks = seqs.row(int(r))
+                np.add.at(sums, toks, p[j, : len(toks)])
+                np.add.at(counts, toks, 1)
+        seen = np.flatnonzero(counts)
+        probs = sums[seen] / counts[seen, None]
+        version = read_finetune_meta(folder).get("model_version") or model_vocab_version_of(model)
+        gene_names: dict[int, str] = {}
+        if version:
+            from ..vocab import GeneVocab
+
+            gene_names = GeneVocab.load(version).id_to_token
+        table = pd.DataFrame({"gene": [gene_names.get(int(t), int(t)) for t in seen], "token_id": seen,
+                              "n_positions": counts[seen]})
+        table["pred_label"] = [names[i] for i in probs.argmax(1)]
+    for i, name in enumerate(names):
+        table[f"prob_{name}"] = probs[:, i]
+    if output_csv is not None:
+        cd.write_csv(table, output_csv, index=False)
+    return table
+
+
+def model_vocab_version_of(model: Any) -> str | None:
+    from ..models import vocab_version_for_size
+
+    return vocab_version_for_size(int(model.config.vocab_size))

@@ -1,0 +1,14 @@
+"""Gene vocabularies: the published V1/V2 dictionaries (token ids, gene medians, symbol and Ensembl
+maps) and where they are found, which vocabulary gene each gene of a file is, and new vocabularies
+from the gene medians of a corpus."""
+
+from .._utils import VocabularyError
+from ._genes import SYMBOL_COLUMNS, GeneMap, file_gene_ids, looks_like_ensembl
+from ._medians import GeneDigests, build_vocab, compute_gene_digests, estimate_gene_medians, write_vocab
+from ._vocab import DICT_FILES, HUB_SUBFOLDERS, GeneVocab, as_vocab, load_dict_file, load_vocab, resolve_dict_file
+
+__all__ = [
+    "DICT_FILES", "HUB_SUBFOLDERS", "SYMBOL_COLUMNS", "GeneDigests", "GeneMap", "GeneVocab", "VocabularyError",
+    "as_vocab", "build_vocab", "compute_gene_digests", "estimate_gene_medians", "file_gene_ids",
+    "load_dict_file", "load_vocab", "looks_like_ensembl", "resolve_dict_file", "write_vocab",
+]
