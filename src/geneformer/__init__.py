@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._settings import settings
+from ._settings import settings  # noqa: F401  (in __all__, built at runtime)
 
 __version__ = "0.1.0"
 

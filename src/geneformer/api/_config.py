@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-
-
 @dataclass
 class GeneformerConfig:
     """Settings for :class:`Geneformer`.

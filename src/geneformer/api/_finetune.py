@@ -31,16 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._model import Geneformer
-from ._config import GeneformerConfig
+from ..data import as_sequences
 from ..embeddings import SpecialTokens, gene_position_mask, special_flags
 from ..embeddings._core import _check_cls
-from ..data import as_sequences
-from ..inference import collate
-from ..inference import forward_hidden
-from ..inference import make_batches
-from ..inference import validate_sequences
+from ..inference import collate, forward_hidden, make_batches, validate_sequences
 from ..models import layer_index
+from ._config import GeneformerConfig
+from ._model import Geneformer
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..embeddings import OBSM_KEY, add_cell_embeddings, add_gene_embeddings
-from ..models import load_model, model_input_size
-from ..models import model_vocab_version
-from ..models import MODEL_ZOO
+from ..models import MODEL_ZOO, load_model, model_input_size, model_vocab_version
 from ._config import GeneformerConfig
 
 logger = logging.getLogger(__name__)

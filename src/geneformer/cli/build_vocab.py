@@ -56,8 +56,8 @@ def build_vocab_command(
                                       help="Also write gene_digests_NAME.npz to merge with later corpora."),
 ) -> None:
     """Estimate non-zero gene medians over a corpus and write a new gene vocabulary."""
-    from ..vocab import GeneDigests, build_vocab, compute_gene_digests, write_vocab
     from .._utils import InputFileError
+    from ..vocab import GeneDigests, build_vocab, compute_gene_digests, write_vocab
 
     data = [str(p) for p in inputs if p.suffix != ".npz"]
     saved = [p for p in inputs if p.suffix == ".npz"]

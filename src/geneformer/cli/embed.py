@@ -59,9 +59,8 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     import numpy as np
     import pandas as pd
 
+    from ..api import Geneformer, GeneformerConfig
     from ..api._model import ROW_COLUMN
-    from ..api import Geneformer
-    from ..api import GeneformerConfig
     from ..data import check_columns, column_values, downsample_and_sort, load_tokenized
     from ..embeddings import _outputs as outputs
     from ..embeddings import cell_embeddings, gene_embeddings

@@ -63,10 +63,8 @@ def perturb_command(
     no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh instead of resuming."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    from .._utils import InputError
-    from .._utils import ModelLoadError
+    from .._utils import InputError, ModelLoadError, VocabularyError
     from ..perturb import perturb
-    from .._utils import VocabularyError
 
     chosen = "all" if not genes or [g.lower() for g in genes] == ["all"] else list(genes)
     try:

@@ -42,8 +42,8 @@ def perturb_stats(
     pickle_suffix: str = typer.Option("_raw.pickle", "--pickle-suffix", help="Suffix of the result files."),
 ) -> None:
     """Compute perturbation statistics (in silico perturber stats) and write them as a CSV."""
-    from ..compat import InSilicoPerturberStats
     from .._utils import VocabularyError
+    from ..compat import InSilicoPerturberStats
 
     states = None
     if any(v is not None for v in (state_key, start_state, goal_state)) or alt_state:

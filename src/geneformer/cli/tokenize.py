@@ -42,11 +42,9 @@ def tokenize(
     overwrite: bool = typer.Option(False, help="Replace an existing output dataset."),
 ) -> None:
     """Tokenize single-cell files (rank value encoding) into one Hugging Face dataset."""
-    from .._utils import InputFileError
+    from .._utils import InputFileError, VocabularyError, check_model_version
     from ..tokenization import tokenize_files
     from ..vocab import GeneVocab
-    from .._utils import check_model_version
-    from .._utils import VocabularyError
 
     try:
         v = GeneVocab.from_dir(vocab) if vocab is not None else check_model_version(model_version)

@@ -31,13 +31,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import filter_by_dict, load_tokenized
-from ..data import as_sequences
+from .. import plotting
+from ..data import as_sequences, filter_by_dict, load_tokenized
 from ..inference import validate_sequences
+from ..train import DataCollatorForCellClassification, DataCollatorForGeneClassification
 from ..train import _classification_data as cd
 from ..train import _evaluation as ev
-from .. import plotting
-from ..train import DataCollatorForCellClassification, DataCollatorForGeneClassification
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Trainer, TrainingArguments
@@ -45,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..train._trainer import ClassifierTrainer
 
 # the Trainer stack is imported only when training starts, so data preparation stays light
-_LAZY = {"ClassifierTrainer", "freeze_encoder_layers", "trainer_metrics", "training_arguments"}
+_LAZY = {"ClassifierTrainer", "trainer_metrics", "training_arguments"}
 
 
 def __getattr__(name: str) -> Any:
@@ -456,9 +455,9 @@ class Classifier:
         if flat.max(initial=-1) >= num_classes:
             raise cd.ClassifierDataError(
                 f"The training labels go up to {int(flat.max())} but num_classes={num_classes}.")
-        from ..train._trainer import ClassifierTrainer, freeze_encoder_layers, trainer_metrics
-
+        from ..models import freeze_encoder_layers
         from ..train import use_fused_attention_dropout
+        from ..train._trainer import ClassifierTrainer, trainer_metrics
 
         n_freeze = (overrides or {}).get("freeze_layers", self.freeze_layers)
         freeze_encoder_layers(model, n_freeze)
@@ -829,7 +828,7 @@ class Classifier:
             state["best"] = float(ho.read_best(out)["value"])
 
         def objective(trial):
-            params = ho.suggest(trial, space)
+            params = ho.trainer_params(ho.suggest(trial, space))
             trial_dir = out / f"trial_{trial.number}"
             overrides = {**params, "eval_strategy": "epoch", "save_strategy": "no", "load_best_model_at_end": False}
             trainer = self.build_trainer(model_directory, num_classes, train_data, eval_data, trial_dir,
@@ -896,4 +895,4 @@ class Classifier:
                                    kwargs_dict)
 
 
-__all__ = ["Classifier", "ClassifierTrainer", "freeze_encoder_layers", "trainer_metrics", "training_arguments"]
+__all__ = ["Classifier"]

@@ -20,13 +20,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import check_columns, column_values, downsample_and_sort, filter_by_dict, load_tokenized
-from ..data import as_sequences
-from ..models import check_vocab_matches, load_model, n_layers, normalise_kind
-from ..embeddings import _outputs as outputs
-from ..embeddings import SpecialTokens, cell_embeddings, gene_embeddings, gene_states_per_cell, token_labels
-from ..embeddings import StreamingGeneSummary, StreamingSummary, check_summary_stat, exact_summary
 from .._utils import check_cell_states
+from ..data import as_sequences, check_columns, column_values, downsample_and_sort, filter_by_dict, load_tokenized
+from ..embeddings import (
+    SpecialTokens,
+    StreamingGeneSummary,
+    StreamingSummary,
+    cell_embeddings,
+    check_summary_stat,
+    exact_summary,
+    gene_embeddings,
+    gene_states_per_cell,
+    token_labels,
+)
+from ..embeddings import _outputs as outputs
+from ..models import check_vocab_matches, load_model, n_layers, normalise_kind
 
 logger = logging.getLogger(__name__)
 

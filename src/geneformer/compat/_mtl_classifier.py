@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -14,13 +13,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..train._classification_data import column, load_pickle, save_pickle, sorted_labels
-from ..train._classification_data import write_csv
 from ..models import GeneformerMultiTask
 from ..models._multitask import _json_default
-from ..train._multitask import (DEFAULT_HYPERPARAMETERS, DEFAULT_MANUAL_HYPERPARAMETERS, MODEL_DIR, MTLData, RunResult, _predict,
-                                _softmax, evaluate_tasks, label_mappings, load_split, make_loader, train_once,
-                                val_predictions_table)
+from ..train._classification_data import column, load_pickle, save_pickle, sorted_labels, write_csv
+from ..train._multitask import (
+    DEFAULT_HYPERPARAMETERS,
+    DEFAULT_MANUAL_HYPERPARAMETERS,
+    MODEL_DIR,
+    MTLData,
+    RunResult,
+    _predict,
+    _softmax,
+    evaluate_tasks,
+    label_mappings,
+    load_split,
+    make_loader,
+    train_once,
+    val_predictions_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +166,7 @@ class MTLClassifier:
         return SummaryWriter(str(self.tensorboard_log_dir))
 
     def _data(self, accelerator) -> tuple[MTLData, MTLData, dict]:
-        from ..data import load_tokenized
-
-        from ..data import check_columns
+        from ..data import check_columns, load_tokenized
 
         train_ds = load_tokenized(self.train_path)
         check_columns(train_ds, self.task_columns, what="task (training data)")

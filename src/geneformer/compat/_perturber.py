@@ -41,18 +41,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .._utils import InputError
-from ..inference import auto_token_budget
-from ..inference import validate_sequences
-from .._utils import ModelLoadError
-from ..models import check_vocab_matches, layer_index, load_model, model_input_size, normalise_kind
-from .._utils import resolve_device, resolve_dtype
-from ..perturb import _transforms as T
 from .._constants import PERTURB_EMB_MODES
+from .._utils import InputError, ModelLoadError, check_cell_states, resolve_device, resolve_dtype
+from ..inference import auto_token_budget, validate_sequences
+from ..models import check_vocab_matches, layer_index, load_model, model_input_size, normalise_kind
+from ..perturb import _transforms as T
 from ..perturb._engine import RunSettings, build_part, plan_parts, run_part
 from ..perturb._selection import CellSelection, select_cells
 from ..perturb._store import RunStore, fingerprint, part_table, raw_file_names
-from .._utils import check_cell_states
 
 logger = logging.getLogger(__name__)
 

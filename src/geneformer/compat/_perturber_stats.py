@@ -61,12 +61,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..perturb._results import RAW_SUFFIX, iter_raw_dir, normalize_key
-from ..perturb import RawShifts, load_raw, read_raw_dir
 from .._constants import STATS_MODES
 from .._utils import check_cell_states
+from ..perturb import RawShifts, bh_fdr, load_raw, ranksums_per_group, ranksums_vs_pool, read_raw_dir
+from ..perturb._results import RAW_SUFFIX, iter_raw_dir, normalize_key
 from ..perturb._stats import _group_mean
-from ..perturb import bh_fdr, ranksums_per_group, ranksums_vs_pool
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +92,8 @@ class _Names:
 
 
 def _load_names(model_version: str, token_file, name_file) -> _Names:
-    from ..vocab import GeneVocab, load_dict_file, resolve_dict_file
     from .._utils import check_model_version
+    from ..vocab import GeneVocab, load_dict_file, resolve_dict_file
 
     version = check_model_version(model_version)
     if token_file is None or name_file is None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import glob
 import itertools
+import logging
 import multiprocessing as mp
 import os
 import warnings
@@ -17,14 +16,21 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from ..io import open_reader
-from ..io import CellReader
-from .._utils import InputFileError
 from .._constants import MODEL_INPUT_SIZE
-from ..vocab import GeneVocab
-from .._utils import check_model_version
-from ..tokenization._pipeline import _TASK_CHUNKS, FileReport, TokenizerSettings, _encode_range, _FileJob, _prepare_file, _worker_init, _worker_task
+from .._utils import InputFileError, check_model_version
+from ..io import CellReader, open_reader
+from ..tokenization._pipeline import (
+    _TASK_CHUNKS,
+    FileReport,
+    TokenizerSettings,
+    _encode_range,
+    _FileJob,
+    _prepare_file,
+    _worker_init,
+    _worker_task,
+)
 from ..tokenization._writer import DatasetWriter
+from ..vocab import GeneVocab
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,15 @@
 """Encoded datasets: ragged token sequences (:class:`TokenSequences`), loading tokenized datasets,
 and choosing cells (filters, downsampling, length order)."""
 
-from ._dataset import check_columns, column_values, downsample_and_sort, filter_by_dict, lengths_of, load_dataset_folder, load_tokenized
+from ._dataset import (
+    check_columns,
+    column_values,
+    downsample_and_sort,
+    filter_by_dict,
+    lengths_of,
+    load_dataset_folder,
+    load_tokenized,
+)
 from ._sequences import TokenSequences, as_sequences
 
 __all__ = [

@@ -2,15 +2,34 @@
 weights, and writing embeddings to AnnData, parquet, CSV or tensors."""
 
 from ._attention import CellAttention, attention_network, get_attentions
-from ._core import GeneEmbeddings, SpecialTokens, cell_embeddings, gene_embeddings, gene_position_mask, gene_states_per_cell, special_flags, token_labels
-from ._outputs import OBSM_KEY, add_cell_embeddings, add_gene_embeddings, embedding_frame, output_format, write_csv, write_h5ad, write_parquet, write_tensor
-from ._states import load_state_embs
+from ._core import (
+    GeneEmbeddings,
+    SpecialTokens,
+    cell_embeddings,
+    gene_embeddings,
+    gene_position_mask,
+    gene_states_per_cell,
+    special_flags,
+    token_labels,
+)
+from ._outputs import (
+    OBSM_KEY,
+    add_cell_embeddings,
+    add_gene_embeddings,
+    embedding_frame,
+    output_format,
+    write_csv,
+    write_h5ad,
+    write_parquet,
+    write_tensor,
+)
+from ._states import load_state_embs, save_state_embs, state_embeddings
 from ._summaries import StreamingGeneSummary, StreamingSummary, check_summary_stat, exact_summary
 
 __all__ = [
     "OBSM_KEY", "CellAttention", "GeneEmbeddings", "SpecialTokens", "StreamingGeneSummary", "StreamingSummary",
     "add_cell_embeddings", "add_gene_embeddings", "attention_network", "cell_embeddings", "check_summary_stat",
     "embedding_frame", "exact_summary", "gene_embeddings", "gene_position_mask", "gene_states_per_cell",
-    "get_attentions", "load_state_embs", "output_format", "special_flags", "token_labels", "write_csv",
+    "get_attentions", "load_state_embs", "save_state_embs", "state_embeddings", "output_format", "special_flags", "token_labels", "write_csv",
     "write_h5ad", "write_parquet", "write_tensor",
 ]

@@ -18,11 +18,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .._utils import InputError
-from ..inference import iter_forward
-from ..data import TokenSequences, as_sequences
-from ..models import layer_index, model_vocab_version
 from .._constants import CELL_EMB_MODES, EMB_MODES
+from .._utils import InputError
+from ..data import TokenSequences, as_sequences
+from ..inference import iter_forward
+from ..models import layer_index, model_vocab_version
 
 
 @dataclass

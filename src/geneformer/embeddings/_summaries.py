@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import write_pickle
 from .._constants import SUMMARY_STATS
+from .._utils import write_pickle
 
 
 def check_summary_stat(stat: str | None) -> str | None:

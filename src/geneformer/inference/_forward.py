@@ -6,7 +6,13 @@ from typing import Any, Sequence
 
 import torch
 
-from ..models import fast_embeddings, fast_layer_forward, right_padded_lengths, supports_fast_embeddings, supports_fast_layer
+from ..models import (
+    fast_embeddings,
+    fast_layer_forward,
+    right_padded_lengths,
+    supports_fast_embeddings,
+    supports_fast_layer,
+)
 
 
 # ---- forward ------------------------------------------------------------------------------------

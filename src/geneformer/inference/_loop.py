@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..models import n_layers
-from .._utils import resolve_device, resolve_dtype
 from .._utils import autocast as _autocast
+from .._utils import progress_bar, resolve_device, resolve_dtype
 from ..data import as_sequences
+from ..models import n_layers
 from ._batching import auto_token_budget, collate, make_batches
 from ._forward import forward_hidden
 from ._validate import validate_sequences
@@ -54,7 +54,7 @@ def iter_forward(
     pad_id: int = 0,
     sort: bool = True,
     validate: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "forward",
     rows: np.ndarray | None = None,
 ) -> Iterator[ForwardBatch]:
@@ -95,9 +95,7 @@ def iter_forward(
     was_training = model.training
     model.eval()
     try:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(subset), desc=desc, unit="cell", disable=not progress, leave=False)
+        bar = progress_bar(total=len(subset), desc=desc, unit="cell", progress=progress)
         pending = list(reversed(batches))  # a stack, so that a split batch is retried next
         workspace: dict = {}  # the layers' scratch buffers, reused from batch to batch
         with torch.inference_mode(), _autocast(dev, amp, model):
@@ -128,7 +126,7 @@ def iter_forward(
 
 
 def run_model(model: Any, data: Any, *, batch_size: int | None = None, device: Any = None,
-              amp_dtype: Any = None, progress: bool = True, desc: str = "predict") -> Iterator[tuple[np.ndarray, Any]]:
+              amp_dtype: Any = None, progress: bool | None = None, desc: str = "predict") -> Iterator[tuple[np.ndarray, Any]]:
     """Full forward (with the model's head) in length-sorted batches; yields ``(rows, outputs)``.
 
     For prediction with classifier heads: ``outputs.logits`` is (B, num_labels) for cell classifiers
@@ -143,12 +141,10 @@ def run_model(model: Any, data: Any, *, batch_size: int | None = None, device: A
         token_budget = auto_token_budget(model, int(seqs.lengths.max()), dev)
     else:
         token_budget = None
-    from tqdm.auto import tqdm
-
     model.eval()
     workspace: dict = {}
     with torch.inference_mode(), _autocast(dev, amp, model):
-        bar = tqdm(total=len(seqs), desc=desc, unit="cell", disable=not progress, leave=False)
+        bar = progress_bar(total=len(seqs), desc=desc, unit="cell", progress=progress)
         for rows in make_batches(seqs.lengths, batch_size, token_budget):
             input_ids, mask, _ = collate(seqs, rows, 0, dev)
             out = _classifier_forward(model, input_ids, mask, workspace)

@@ -6,11 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ..models import model_input_size
-from ..models import vocab_version_for_size
 from .._constants import V2_CLS_ID, V2_EOS_ID
 from .._utils import InputError
 from ..data import TokenSequences
+from ..models import model_input_size, vocab_version_for_size
 
 
 def validate_sequences(seqs: TokenSequences, model: Any, what: str = "the dataset") -> None:

@@ -12,8 +12,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.io import read_elem, sparse_dataset
 
-from ._base import CellReader, to_csr
 from .._utils import InputFileError
+from ._base import CellReader, to_csr
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
 from .._utils import InputFileError
 
 

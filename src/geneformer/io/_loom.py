@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._base import CellReader
 from .._utils import InputFileError
+from ._base import CellReader
 
 #: Attribute names used as the gene / cell index, in order of preference.
 GENE_INDEX_ATTRS = ("Gene", "var_names")

@@ -8,7 +8,6 @@ from pathlib import Path
 from .._utils import InputFileError
 from ._base import CellReader
 
-
 #: file_format name -> (module, class)
 _READERS = {
     "h5ad": ("geneformer.io._anndata", "AnnDataReader"),

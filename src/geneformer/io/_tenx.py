@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._base import CellReader
 from .._utils import InputFileError
+from ._base import CellReader
 from ._loom import read_h5_column
 
 GENE_EXPRESSION = "Gene Expression"

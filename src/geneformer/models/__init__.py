@@ -3,19 +3,61 @@ cell and gene classifiers, LoRA adapters, multi-task), the modelling heads, and 
 inference kernels."""
 
 from .._utils import ModelLoadError, QuantizationError, resolve_device, resolve_dtype
-from ._adapters import apply_lora, as_lora_config, bnb_config, check_quantization_available, finetuned_kind, is_adapter_folder, load_classifier, load_finetuned, lora_config, model_size_mb, quantize_dynamic_int8, read_finetune_meta, write_finetune_meta
+from ._adapters import (
+    apply_lora,
+    as_lora_config,
+    bnb_config,
+    check_quantization_available,
+    finetuned_kind,
+    is_adapter_folder,
+    load_classifier,
+    load_finetuned,
+    lora_config,
+    model_size_mb,
+    quantize_dynamic_int8,
+    read_finetune_meta,
+    write_finetune_meta,
+)
 from ._cpu_attention import blocked_attention
-from ._fast_encoder import fast_embeddings, fast_layer_forward, right_padded_lengths, supports_fast_embeddings, supports_fast_layer
-from ._loading import check_model_folder, check_vocab_matches, init_model, layer_index, load_model, model_emb_dims, model_input_size, model_vocab_version, n_layers, normalise_kind, resolve_model_source
+from ._fast_encoder import (
+    fast_embeddings,
+    fast_layer_forward,
+    right_padded_lengths,
+    supports_fast_embeddings,
+    supports_fast_layer,
+)
+from ._freeze import freeze_encoder_layers
+from ._loading import (
+    check_model_folder,
+    check_vocab_matches,
+    init_model,
+    layer_index,
+    load_model,
+    model_emb_dims,
+    model_input_size,
+    model_vocab_version,
+    n_layers,
+    normalise_kind,
+    resolve_model_source,
+)
 from ._mlm import GeneformerForMaskedLM, masked_accuracy
 from ._multitask import AttentionPool, GeneformerMultiTask
-from ._zoo import DEFAULT_MODEL, HUB_REPO, MODEL_ZOO, ModelSpec, bert_config_kwargs, get_spec, list_models, vocab_version_for_size
+from ._zoo import (
+    DEFAULT_MODEL,
+    HUB_REPO,
+    MODEL_ZOO,
+    ModelSpec,
+    bert_config_kwargs,
+    get_spec,
+    list_models,
+    vocab_version_for_size,
+)
 
 __all__ = [
     "DEFAULT_MODEL", "HUB_REPO", "MODEL_ZOO", "AttentionPool", "GeneformerForMaskedLM", "GeneformerMultiTask",
     "ModelLoadError", "ModelSpec", "QuantizationError", "apply_lora", "as_lora_config", "bert_config_kwargs",
     "blocked_attention", "bnb_config", "check_model_folder", "check_quantization_available", "check_vocab_matches",
-    "fast_embeddings", "fast_layer_forward", "finetuned_kind", "get_spec", "init_model", "is_adapter_folder",
+    "fast_embeddings", "fast_layer_forward", "finetuned_kind", "freeze_encoder_layers", "get_spec", "init_model", "is_adapter_folder",
     "layer_index", "list_models", "load_classifier", "load_finetuned", "load_model", "lora_config",
     "masked_accuracy", "model_emb_dims", "model_input_size", "model_size_mb", "model_vocab_version", "n_layers",
     "normalise_kind", "quantize_dynamic_int8", "read_finetune_meta", "resolve_device", "resolve_dtype",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
 from .._utils import QuantizationError
 
 logger = logging.getLogger(__name__)
@@ -185,8 +186,8 @@ def load_finetuned(folder: str | os.PathLike, kind: str | None = None, *, num_la
     For an adapter folder the base model comes from ``base_model``, else from the adapter's
     ``base_model_name_or_path``; ``merge=True`` folds the adapters into the weights (faster inference).
     """
-    from ._loading import load_model
     from .._utils import resolve_device
+    from ._loading import load_model
 
     folder = Path(folder)
     kind = kind or finetuned_kind(folder)

@@ -14,10 +14,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._utils import hub_offline
+from .._utils import ModelLoadError, hub_offline, resolve_device, resolve_dtype
 from ._zoo import LEGACY_NOTE, MODEL_ZOO, ModelSpec, get_spec, vocab_version_for_size
-from .._utils import ModelLoadError
-from .._utils import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -10,6 +10,7 @@ changed over time: the seed names (``gf-...``) are the 2024 layout, the ``Genefo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
 from .._constants import HUB_REPO
 
 

@@ -5,7 +5,16 @@ and the statistics over them."""
 from ._api import annotate_genes, perturb, read_results
 from ._results import RawShifts, load_raw, raw_to_tidy, read_raw_dir, save_raw, tidy_to_raw
 from ._stats import bh_fdr, ranksums_per_group, ranksums_vs_pool
-from ._transforms import PerturbationBatch, Perturbed, activate, delete, inhibit, overexpress, perturb_all, perturb_sequence
+from ._transforms import (
+    PerturbationBatch,
+    Perturbed,
+    activate,
+    delete,
+    inhibit,
+    overexpress,
+    perturb_all,
+    perturb_sequence,
+)
 
 __all__ = [
     "PerturbationBatch", "Perturbed", "RawShifts", "activate", "annotate_genes", "bh_fdr", "delete", "inhibit",

@@ -113,8 +113,8 @@ def perturb(
         The tidy DataFrame (``perturbed``, gene IDs/symbols, ``affected``, ``state``, ``cell``, ``row``
         — the row in ``data`` — ``cell_id``, ``value``), or the parquet path.
     """
-    from ..models import load_model, model_vocab_version
     from ..compat import InSilicoPerturber
+    from ..models import load_model, model_vocab_version
 
     loaded = load_model(model, device=device) if isinstance(model, (str, os.PathLike)) else model
     version = (model_version or model_vocab_version(loaded) or "V2").upper()
@@ -154,9 +154,8 @@ def _as_dataset(data: Any, model: Any, version: str, state_key: str | None, gene
     """A tokenized dataset, and for AnnData input the obs position of each dataset row."""
     import anndata as ad
 
+    from ..api import Geneformer, GeneformerConfig
     from ..api._model import ROW_COLUMN
-    from ..api import Geneformer
-    from ..api import GeneformerConfig
     from ..data import load_tokenized
 
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix == ".h5ad":

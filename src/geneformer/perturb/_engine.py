@@ -31,12 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import TokenSequences
-from .._utils import autocast
-from ..inference import forward_hidden
-from ..inference import make_batches
-from . import _transforms as T
 from .._constants import PERTURB_EMB_MODES
+from .._utils import autocast
+from ..data import TokenSequences
+from ..inference import forward_hidden, make_batches
+from . import _transforms as T
 
 EPS = 1e-8  # torch.nn.CosineSimilarity's default, as the reference
 

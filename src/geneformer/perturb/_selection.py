@@ -15,9 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..data import check_columns, lengths_of
-from ..data import TokenSequences, as_sequences
 from .._constants import CELL_ID_COLUMNS
+from ..data import TokenSequences, as_sequences, check_columns, lengths_of
 
 logger = logging.getLogger(__name__)
 

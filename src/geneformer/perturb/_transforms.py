@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
+
 from .._constants import PERTURB_TYPES
 
 PerturbType = Literal["delete", "overexpress", "inhibit", "activate"]

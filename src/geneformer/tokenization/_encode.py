@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from .._constants import TARGET_SUM
 
+from .._constants import TARGET_SUM
 
 try:  # the compiled radix-sort kernel is ~5x faster than numpy's per-row argsort
     from ._rank_kernel import encode_rows as _compiled_encode

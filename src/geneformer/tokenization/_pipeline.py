@@ -17,13 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
-from ._encode import rank_value_encode
-from ..vocab import GeneMap, file_gene_ids
-from ..io import FORMATS, open_reader
-from ..io import CellReader
-from .._utils import InputFileError
 from .._constants import MODEL_INPUT_SIZE
-from ..vocab import GeneVocab, as_vocab
+from .._utils import InputFileError
+from ..io import FORMATS, CellReader, open_reader
+from ..vocab import GeneMap, GeneVocab, as_vocab, file_gene_ids
+from ._encode import rank_value_encode
 
 logger = logging.getLogger(__name__)
 

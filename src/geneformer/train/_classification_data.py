@@ -22,10 +22,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data import check_columns
-from ..data import as_sequences
 from .._constants import IGNORE_INDEX
 from .._utils import ClassifierDataError
+from ..data import as_sequences, check_columns
 
 logger = logging.getLogger(__name__)
 

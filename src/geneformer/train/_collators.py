@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._constants import MASK, PAD, SPECIAL_TOKENS
+from .._constants import IGNORE_INDEX, MASK, PAD, SPECIAL_TOKENS
 from ..vocab import GeneVocab, as_vocab
-from .._constants import IGNORE_INDEX
 
 
 def _token_dict(token_dictionary: Mapping[str, int] | GeneVocab | str | None) -> dict[str, int]:

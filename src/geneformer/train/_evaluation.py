@@ -16,9 +16,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .._constants import IGNORE_INDEX
+from .._constants import CELL_ID_COLUMNS, IGNORE_INDEX
 from ._classification_data import column, save_pickle, write_csv
-from .._constants import CELL_ID_COLUMNS
 
 logger = logging.getLogger(__name__)
 

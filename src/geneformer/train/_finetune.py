@@ -191,11 +191,10 @@ def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.Pat
     """
     import torch
 
-    from ..data import load_tokenized
-    from ..data import as_sequences
+    from ..data import as_sequences, load_tokenized
     from ..inference import run_model
-    from ._evaluation import cell_id_column
     from ..models import finetuned_kind, load_finetuned, read_finetune_meta
+    from ._evaluation import cell_id_column
 
     folder = Path(model_dir)
     ds = load_tokenized(dataset)

@@ -3,9 +3,13 @@
 A search space maps a hyperparameter to a spec:
 
 * ``("loguniform", low, high)``, ``("uniform", low, high)``, ``("int", low, high)``,
-  ``("choice", [a, b, ...])`` — or the same as a dict ``{"type": ..., "low": ..., "high": ...,
-  "choices": [...]}``;
+  ``("logint", low, high)``, ``("choice", [a, b, ...])`` — or the same as a dict ``{"type": ...,
+  "low": ..., "high": ..., "choices": [...]}``; the multi-task trainer's (and Optuna's) dict form
+  ``{"type": "float" | "int", "low": ..., "high": ..., "log": bool}`` or ``{"type": "categorical",
+  "choices": [...]}`` is the same thing;
 * a list (a choice), or a scalar (fixed).
+
+Both the classifier search and the multi-task search draw through :func:`suggest`.
 
 Known names: ``learning_rate``, ``weight_decay``, ``lr_scheduler_type``, ``warmup_steps`` (an int,
 or a float < 1 meaning a fraction of the steps), ``warmup_ratio``, ``num_train_epochs``, ``seed``,
@@ -26,7 +30,7 @@ from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
-_KINDS = ("loguniform", "uniform", "int", "choice")
+_KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 
 
 def default_space(n_layers: int, epochs: int = 1, batch_size: int = 12) -> dict[str, Any]:
@@ -47,9 +51,14 @@ def normalise_spec(name: str, spec: Any) -> tuple:
     """Any accepted spec form → ``(kind, ...)`` (``("fixed", value)`` for scalars)."""
     if isinstance(spec, Mapping):
         kind = str(spec.get("type", "")).lower()
-        if kind == "choice" or "choices" in spec:
+        if kind in ("choice", "categorical") or "choices" in spec:
             return ("choice", list(spec["choices"]))
-        if kind in ("loguniform", "uniform", "int"):
+        log = bool(spec.get("log"))
+        if kind == "float":
+            kind = "loguniform" if log else "uniform"
+        elif kind == "int" and log:
+            kind = "logint"
+        if kind in _KINDS:
             return (kind, spec["low"], spec["high"])
         raise ValueError(f"Search space entry {name!r}: unknown type {spec.get('type')!r}; use one of {_KINDS}.")
     if isinstance(spec, tuple) and spec and isinstance(spec[0], str) and spec[0].lower() in _KINDS:
@@ -82,11 +91,18 @@ def suggest(trial: Any, space: Mapping[str, tuple]) -> dict[str, Any]:
             params[name] = spec[1]
         elif kind == "choice":
             params[name] = trial.suggest_categorical(name, spec[1])
-        elif kind == "int":
-            params[name] = trial.suggest_int(name, int(spec[1]), int(spec[2]))
+        elif kind in ("int", "logint"):
+            params[name] = trial.suggest_int(name, int(spec[1]), int(spec[2]), log=kind == "logint")
         else:
             params[name] = trial.suggest_float(name, float(spec[1]), float(spec[2]), log=kind == "loguniform")
-    if "warmup_ratio" in params:  # transformers 5 takes a fraction through warmup_steps
+    return params
+
+
+def trainer_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Drawn hyperparameters as ``TrainingArguments`` overrides (transformers 5 takes a warm-up
+    fraction through ``warmup_steps``)."""
+    params = dict(params)
+    if "warmup_ratio" in params:
         params["warmup_steps"] = float(params.pop("warmup_ratio"))
     return params
 

@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._constants import CELL_ID_COLUMNS
 from ..data import as_sequences
+from ..models import GeneformerMultiTask
 from ._classification_data import column, sorted_labels
 from ._collators import pad_input_ids
-from .._constants import CELL_ID_COLUMNS
-from ..models import GeneformerMultiTask
 
 logger = logging.getLogger(__name__)
 

@@ -27,18 +27,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from transformers import BertConfig, Trainer, TrainerCallback, TrainingArguments
+from transformers import BertConfig, Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from .._constants import IGNORE_INDEX
+from .._utils import CorpusError
 from ..data import load_dataset_folder
+from ..models import GeneformerForMaskedLM
 from ..vocab import GeneVocab, as_vocab
 from ._architectures import load_config, preset_vocab_version
-from .._constants import IGNORE_INDEX
 from ._collators import DataCollatorForMaskedGenes
 from ._dropout_attention import use_fused_attention_dropout
-from ..models import GeneformerForMaskedLM
 from ._sampler import LengthGroupedSampler
-from .._utils import CorpusError
+from ._trainer import training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -332,25 +333,6 @@ def _checkpoint_vocab(folder: Path, cfg: BertConfig, vocab) -> GeneVocab:
     return GeneVocab.load(version)
 
 
-def _training_arguments(**kw: Any) -> TrainingArguments:
-    """Build ``TrainingArguments`` across transformers 4.x and 5.x field names."""
-    fields = TrainingArguments.__dataclass_fields__
-    if "train_sampling_strategy" in fields:
-        kw["train_sampling_strategy"] = "group_by_length"
-    else:
-        kw["group_by_length"] = True
-    if "eval_strategy" not in fields:
-        kw["evaluation_strategy"] = kw.pop("eval_strategy")
-    if "save_safetensors" in fields:
-        kw["save_safetensors"] = True
-    warmup = kw.pop("warmup")
-    if isinstance(warmup, float) and 0 < warmup < 1 and "warmup_ratio" in fields:
-        kw["warmup_ratio"] = warmup
-    else:
-        kw["warmup_steps"] = warmup
-    return TrainingArguments(**{k: v for k, v in kw.items() if k in fields})
-
-
 def _report_to(report_to: str | Sequence[str]) -> list[str] | str:
     if report_to != "auto":
         return report_to
@@ -518,8 +500,11 @@ def pretrain(
         use_cpu=distributed_cpu or not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
     )
+    warmup_value = args_kw.pop("warmup")
+    args_kw["warmup_ratio" if isinstance(warmup_value, float) and 0 < warmup_value < 1 else "warmup_steps"] = warmup_value
+    args_kw.update(group_by_length=True, save_safetensors=True)
     args_kw.update(training_args or {})
-    args = _training_arguments(**args_kw)
+    args = training_arguments(**args_kw)
 
     collator = DataCollatorForMaskedGenes(gene_vocab, mlm_probability, seed=seed)
     trainer = MaskedGeneTrainer(

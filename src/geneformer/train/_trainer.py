@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -50,7 +49,13 @@ class ClassifierTrainer(Trainer):
 
 
 def training_arguments(**kw: Any) -> TrainingArguments:
-    """``TrainingArguments`` across transformers 4.x/5.x names; unknown fields raise a clear error."""
+    """``TrainingArguments`` across transformers 4.x/5.x field names; unknown fields raise a clear error.
+
+    Accepts either spelling of the renamed fields: ``evaluation_strategy``/``eval_strategy``,
+    ``group_by_length``/``train_sampling_strategy="group_by_length"``, and ``warmup_ratio``
+    (transformers 5 takes the fraction through ``warmup_steps``). Fields that a version dropped
+    (``overwrite_output_dir``, ``logging_dir``, ``save_safetensors``) are left out there.
+    """
     fields = TrainingArguments.__dataclass_fields__
     if "evaluation_strategy" in kw and "eval_strategy" in fields:
         kw["eval_strategy"] = kw.pop("evaluation_strategy")
@@ -68,19 +73,3 @@ def training_arguments(**kw: Any) -> TrainingArguments:
     if unknown:
         raise ValueError(f"Unknown training argument(s) {unknown} for transformers TrainingArguments.")
     return TrainingArguments(**kw)
-
-
-def freeze_encoder_layers(model: Any, n: int) -> int:
-    """Freeze the first ``n`` encoder layers (embeddings stay trainable, as the reference). Returns n."""
-    n = int(n or 0)
-    if n <= 0:
-        return 0
-    n_layers = int(model.config.num_hidden_layers)
-    if n > n_layers:
-        raise ValueError(f"freeze_layers={n} but the model has only {n_layers} encoder layers.")
-    pat = re.compile(r"encoder\.layer\.(\d+)\.")
-    for name, p in model.named_parameters():
-        m = pat.search(name)
-        if m and int(m.group(1)) < n:
-            p.requires_grad = False
-    return n

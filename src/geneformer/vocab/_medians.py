@@ -26,13 +26,10 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from ..io import CellReader
-from .._utils import InputFileError
-from ..io import open_reader
-from .._utils import write_pickle
-from .._constants import CLS, EOS, MASK, PAD
+from .._constants import CLS, EOS, MASK, PAD, TARGET_SUM
+from .._utils import InputFileError, write_pickle
+from ..io import CellReader, open_reader
 from ._vocab import GeneVocab
-from .._constants import TARGET_SUM
 
 logger = logging.getLogger(__name__)
 
