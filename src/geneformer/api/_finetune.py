@@ -33,7 +33,7 @@ from torch import nn
 
 from ..data import as_sequences
 from ..embeddings import SpecialTokens, gene_position_mask, special_flags
-from ..embeddings._core import _check_cls
+from ..embeddings import check_cls as _check_cls
 from ..inference import collate, forward_hidden, make_batches, validate_sequences
 from ..models import layer_index
 from ._config import GeneformerConfig

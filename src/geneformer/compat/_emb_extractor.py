@@ -12,41 +12,34 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import numpy as np
-import pandas as pd
-import torch
-
-from .._utils import check_cell_states
-from ..data import as_sequences, check_columns, column_values, downsample_and_sort, filter_by_dict, load_tokenized
+from .._constants import EMB_MODES
+from .._utils import (
+    check_cell_states,
+    check_choice,
+    check_columns_listed,
+    check_emb_layer,
+    check_filter_data,
+    check_model_version,
+    check_positive_int,
+)
 from ..embeddings import (
     SpecialTokens,
-    StreamingGeneSummary,
-    StreamingSummary,
-    cell_embeddings,
     check_summary_stat,
-    exact_summary,
-    gene_embeddings,
-    gene_states_per_cell,
-    token_labels,
+    embedding_tensor,
+    extract_embeddings,
+    save_state_embs,
+    state_embeddings,
 )
-from ..embeddings import _outputs as outputs
 from ..models import check_vocab_matches, load_model, n_layers, normalise_kind
+from ..plotting import plot_embeddings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
-
-_VALID = {
-    "model_type": ("Pretrained", "GeneClassifier", "CellClassifier"),
-    "emb_mode": ("cls", "cell", "gene"),
-    "cell_emb_style": ("mean_pool",),
-    "gene_emb_style": ("mean_pool", "all"),
-    "emb_layer": (-1, 0),
-    "model_version": ("V1", "V2"),
-}
-
 
 class EmbExtractor:
     """Extract cell, ``<cls>`` or gene embeddings from a Geneformer model (reference-compatible).
@@ -109,19 +102,17 @@ class EmbExtractor:
 
     # ---- validation and resources -------------------------------------------------------------
     def _validate(self) -> None:
-        for name, allowed in _VALID.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"EmbExtractor {name}={value!r} is not valid; use one of {allowed}.")
+        check_choice("EmbExtractor model_type", self.model_type, ("Pretrained", "GeneClassifier", "CellClassifier"))
+        check_choice("emb_mode", self.emb_mode, EMB_MODES)
+        check_choice("cell_emb_style", self.cell_emb_style, ("mean_pool",))
+        check_choice("gene_emb_style", self.gene_emb_style, ("mean_pool", "all"))
+        check_emb_layer(self.emb_layer)
+        check_model_version(self.model_version)
         check_summary_stat(self.summary_stat)
-        if self.max_ncells is not None and int(self.max_ncells) < 1:
-            raise ValueError("max_ncells must be a positive integer or None.")
-        if int(self.forward_batch_size) < 1:
-            raise ValueError("forward_batch_size must be >= 1.")
-        if self.filter_data is not None and not isinstance(self.filter_data, Mapping):
-            raise ValueError("filter_data must be a dict {column: [values]}.")
-        if self.emb_label is not None and not all(isinstance(c, str) for c in self.emb_label):
-            raise ValueError("emb_label must be a list of column names.")
+        check_positive_int("max_ncells", self.max_ncells, allow_none=True)
+        check_positive_int("forward_batch_size", self.forward_batch_size)
+        self.filter_data = check_filter_data(self.filter_data)
+        self.emb_label = check_columns_listed("emb_label", self.emb_label)
         if self.save_tdigest and self.summary_stat not in ("mean", "median"):
             logger.warning("save_tdigest only applies to summary_stat 'mean' or 'median'; ignoring it.")
 
@@ -152,12 +143,6 @@ class EmbExtractor:
             self._model_cache = (key, model)
         return self._model_cache[1]
 
-    def _special(self) -> SpecialTokens:
-        v = self.vocab
-        if isinstance(v, Mapping):
-            return SpecialTokens.for_model(None, v)
-        return SpecialTokens(2, 3, 0) if v == "V2" else SpecialTokens(None, None, 0)
-
     # ---- main entry points --------------------------------------------------------------------
     def extract_embs(
         self,
@@ -173,71 +158,20 @@ class EmbExtractor:
         Returns the DataFrame (rows length-descending, columns 0..H-1 then ``emb_label``), or
         ``(df, tensor)`` with ``output_torch_embs``, or the summary tensor when ``cell_state`` is given.
         """
-        ds = load_tokenized(input_data_file)
-        ds = filter_by_dict(ds, self.filter_data, self.nproc)
-        labels = check_columns(ds, self.emb_label)
+        out_dir = Path(output_directory)
+        result = extract_embeddings(
+            self._model(model_directory), input_data_file, mode=self.emb_mode, gene_style=self.gene_emb_style,
+            emb_layer=self.emb_layer, labels=self.emb_label, filter_data=self.filter_data, state_filter=cell_state,
+            max_ncells=self.max_ncells, summary_stat=self.summary_stat, vocab=self.vocab,
+            batch_size=int(self.forward_batch_size), device=self.device, dtype=self.dtype, progress=True,
+            output_csv=out_dir / f"{output_prefix}.csv" if cell_state is None else None,
+            tdigest_path=out_dir / f"{output_prefix}_tdigest.pkl" if self.save_tdigest else None,
+        )
         if cell_state is not None:
-            ds = filter_by_dict(ds, cell_state, self.nproc)
-        ds = downsample_and_sort(ds, self.max_ncells)
-        model = self._model(model_directory)
-        special = self._special()
-        seqs = as_sequences(ds)
-        hidden = int(model.config.hidden_size)
-        common = dict(emb_layer=self.emb_layer, vocab=special, batch_size=int(self.forward_batch_size),
-                      device=self.device, amp_dtype=self.dtype, progress=True)
-        streaming = self.summary_stat in ("mean", "median")
-        embs_tensor: torch.Tensor | None = None
-        if self.emb_mode in ("cell", "cls"):
-            summ = StreamingSummary(self.summary_stat, hidden) if streaming else None
-            cb = (lambda rows, arr: summ.update(arr)) if summ else None
-            embs = cell_embeddings(model, seqs, mode=self.emb_mode, on_batch=cb, **common)
-            if summ is not None:
-                vec = summ.result()
-                embs_df = pd.DataFrame(vec[None, :], columns=range(hidden))
-                embs_tensor = torch.from_numpy(vec)
-                if self.save_tdigest:
-                    summ.save_digests(Path(output_directory) / f"{output_prefix}_tdigest.pkl")
-            else:
-                label_values = {c: column_values(ds, c) for c in labels}
-                embs_df = outputs.embedding_frame(embs, label_values)
-                embs_tensor = torch.from_numpy(embs)
-        elif self.gene_emb_style == "all":
-            rows, toks, states = gene_states_per_cell(model, seqs, emb_layer=self.emb_layer,
-                                                      batch_size=int(self.forward_batch_size),
-                                                      device=self.device, amp_dtype=self.dtype)
-            names = token_labels(toks.tolist(), self.vocab, model)
-            embs_df = pd.DataFrame(states, columns=[str(i) for i in range(hidden)])
-            embs_df.insert(0, "Identifier", pd.Series(names).groupby(names).cumcount().to_numpy())
-            embs_df.index = pd.Index(names, name="Gene")
-            embs_tensor = torch.from_numpy(states)
-        else:
-            vocab_for_names = self.vocab
-            if self.summary_stat == "median":
-                gsum = StreamingGeneSummary("median", hidden)
-                gene_embeddings(model, seqs, include_special=True, on_batch=gsum.update, **common)
-                res = gsum.result()
-                embs_df = pd.DataFrame(np.stack(list(res.values())), columns=range(hidden),
-                                       index=token_labels(list(res), vocab_for_names, model))
-                if self.save_tdigest:
-                    gsum.save_digests(Path(output_directory) / f"{output_prefix}_tdigest.pkl")
-            else:
-                ge = gene_embeddings(model, seqs, include_special=True, **common)
-                embs_df = ge.to_frame(vocab_for_names, model)
-            embs_tensor = torch.from_numpy(embs_df.to_numpy(np.float32))
-
-        if cell_state is None:
-            outputs.write_csv(embs_df, Path(output_directory) / f"{output_prefix}.csv")
-
-        if self.summary_stat in ("exact_mean", "exact_median"):
-            vec = exact_summary(embs_df.iloc[:, :hidden].to_numpy(np.float32), self.summary_stat)
-            embs_df = pd.DataFrame(vec[None, :], columns=range(hidden), index=[self.summary_stat])
-            embs_tensor = torch.from_numpy(vec)
-
-        if cell_state is not None:
-            return embs_tensor
+            return result.tensor
         if output_torch_embs:
-            return embs_df, embs_tensor
-        return embs_df
+            return result.frame, result.tensor
+        return result.frame
 
     def get_state_embs(
         self,
@@ -249,36 +183,25 @@ class EmbExtractor:
         output_torch_embs: bool = True,
     ) -> dict:
         """Mean/median embedding of each state's cells; pickled to ``{prefix}.pkl`` as {state: tensor(H)}."""
-        states = check_cell_states(cell_states_to_model)
+        check_cell_states(cell_states_to_model)
         if self.summary_stat not in ("exact_mean", "exact_median"):
             raise ValueError("get_state_embs needs summary_stat='exact_mean' or 'exact_median'.")
         if self.emb_label is not None:
             raise ValueError("get_state_embs needs emb_label=None.")
-        key = states["state_key"]
-        wanted = [states["start_state"], states["goal_state"], *states["alt_states"]]
-        ds = load_tokenized(input_data_file)
-        check_columns(ds, [key], what="state")
-        present = set(column_values(ds, key))
-        missing = [s for s in wanted if s not in present]
-        if missing:
-            raise ValueError(f"State(s) {missing} do not occur in column {key!r} (values: {sorted(map(str, present))[:20]}).")
-        state_embs = {}
-        for state in wanted:
-            state_embs[state] = self.extract_embs(model_directory, ds, output_directory, output_prefix,
-                                                  cell_state={key: [state]})
-        path = Path(output_directory) / f"{output_prefix}.pkl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump(state_embs, fh)
-        tmp.replace(path)
+        state_embs = state_embeddings(
+            self._model(model_directory), input_data_file, cell_states_to_model, mode=self.emb_mode,
+            emb_layer=self.emb_layer, summary_stat=self.summary_stat, filter_data=self.filter_data,
+            max_ncells=self.max_ncells, vocab=self.vocab, batch_size=int(self.forward_batch_size), device=self.device,
+            dtype=self.dtype, progress=True,
+        )
+        save_state_embs(state_embs, Path(output_directory) / f"{output_prefix}.pkl")
         if output_torch_embs:
             return state_embs
         return {k: v.numpy() for k, v in state_embs.items()}
 
     def plot_embs(
         self,
-        embs: pd.DataFrame,
+        embs: "pd.DataFrame",
         plot_style: str,
         output_directory: str | os.PathLike,
         output_prefix: str,
@@ -286,35 +209,9 @@ class EmbExtractor:
         kwargs_dict: dict | None = None,
     ) -> list[Path]:
         """UMAP or heatmap of cell embeddings per label in ``labels_to_plot``; returns the files written."""
-        from ..plotting import _embeddings as plotting
-
-        if plot_style not in ("heatmap", "umap"):
-            raise ValueError("plot_style must be 'heatmap' or 'umap'.")
-        labels = self.emb_label or []
-        if plot_style == "umap" and not self.labels_to_plot:
-            raise ValueError("plot_style='umap' needs labels_to_plot (label columns from emb_label).")
-        n = len(embs)
-        if max_ncells_to_plot is None:
-            max_ncells_to_plot = n
-        if self.max_ncells is not None:
-            max_ncells_to_plot = min(max_ncells_to_plot, int(self.max_ncells))
-        if n > max_ncells_to_plot:
-            embs = embs.sample(max_ncells_to_plot, random_state=0)
-        emb_cols = list(embs.columns[: embs.shape[1] - len(labels)])
-        to_plot = [lab for lab in (self.labels_to_plot or labels) if lab in labels]
-        if not to_plot:
-            raise ValueError(f"None of labels_to_plot={self.labels_to_plot} is in emb_label={labels}.")
-        written = []
-        for label in to_plot:
-            out = Path(output_directory) / f"{output_prefix}_{plot_style}_{label}.pdf"
-            values = embs[emb_cols].to_numpy(np.float32)
-            if plot_style == "umap":
-                written.append(plotting.plot_umap(values, embs[label].to_numpy(), out, label=label,
-                                                  **(kwargs_dict or {})))
-            else:
-                written.append(plotting.plot_heatmap(values, embs[label].to_numpy(), out, label=label,
-                                                     **(kwargs_dict or {})))
-        return written
+        return plot_embeddings(embs, self.emb_label or [], plot_style, output_directory, output_prefix,
+                               labels_to_plot=self.labels_to_plot, max_ncells_to_plot=max_ncells_to_plot,
+                               max_ncells=self.max_ncells, kwargs_dict=kwargs_dict)
 
 
 def get_embs(
@@ -339,38 +236,9 @@ def get_embs(
     ``token_gene_dict`` (id -> token string) supplies the ``<cls>``/``<eos>`` ids; ``special_token`` is
     unused, as in the reference (special tokens are read from the data).
     """
-    if emb_mode not in ("cell", "cls", "gene"):
-        raise ValueError(f"emb_mode must be 'cell', 'cls' or 'gene', got {emb_mode!r}.")
-    check_summary_stat(summary_stat)
     token_dict = {str(v): int(k) for k, v in token_gene_dict.items()} if token_gene_dict else None
     special = SpecialTokens.for_model(model, token_dict)
     special.pad_id = int(pad_token_id)
-    emb_layer = int(layer_to_quant) - n_layers(model)
-    seqs = as_sequences(data)
-    hidden = int(model.config.hidden_size)
-    common = dict(emb_layer=emb_layer, vocab=special, batch_size=int(forward_batch_size), progress=not silent)
-    streaming = summary_stat in ("mean", "median")
-    if emb_mode in ("cell", "cls"):
-        summ = StreamingSummary(summary_stat, hidden) if streaming else None
-        embs = cell_embeddings(model, seqs, mode=emb_mode,
-                               on_batch=(lambda r, a: summ.update(a)) if summ else None, **common)
-        if summ is None:
-            return torch.from_numpy(embs)
-        if save_tdigest and tdigest_path:
-            summ.save_digests(tdigest_path)
-        return torch.from_numpy(summ.result())
-    if streaming:
-        gsum = StreamingGeneSummary(summary_stat, hidden)
-        gene_embeddings(model, seqs, include_special=True, on_batch=gsum.update, **common)
-        if save_tdigest and tdigest_path:
-            gsum.save_digests(tdigest_path)
-        return {t: v.tolist() for t, v in gsum.result().items()}
-    rows, _, states = gene_states_per_cell(model, seqs, emb_layer=emb_layer, batch_size=int(forward_batch_size),
-                                           progress=not silent)
-    lens = seqs.lengths
-    out = torch.zeros((len(seqs), int(lens.max()), hidden), dtype=torch.float32)
-    pos = np.arange(len(rows)) - np.repeat(seqs.offsets[:-1], lens)
-    out[torch.from_numpy(rows), torch.from_numpy(pos)] = torch.from_numpy(states)
-    return out
-
-
+    return embedding_tensor(model, data, emb_mode, emb_layer=int(layer_to_quant) - n_layers(model), vocab=special,
+                            batch_size=int(forward_batch_size), summary_stat=summary_stat,
+                            tdigest_path=tdigest_path if save_tdigest else None, progress=not silent)

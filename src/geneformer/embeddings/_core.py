@@ -18,8 +18,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .._constants import CELL_EMB_MODES, EMB_MODES
-from .._utils import InputError
+from .._constants import CELL_EMB_MODES, CLS, EOS, PAD, V2_CLS_ID, V2_EOS_ID, V2_PAD_ID, VERSIONS, CellEmbMode
+from .._utils import InputError, check_choice, doc_params
+from .._utils._docs import doc_batch_size, doc_data, doc_device, doc_emb_layer, doc_progress
 from ..data import TokenSequences, as_sequences
 from ..inference import iter_forward
 from ..models import layer_index, model_vocab_version
@@ -43,15 +44,15 @@ class SpecialTokens:
         if isinstance(vocab, SpecialTokens):
             return vocab
         if isinstance(vocab, Mapping):
-            return cls(vocab.get("<cls>"), vocab.get("<eos>"), int(vocab.get("<pad>", 0)))
+            return cls(vocab.get(CLS), vocab.get(EOS), int(vocab.get(PAD, 0)))
+        if isinstance(vocab, str) and vocab.upper() in VERSIONS:  # the published ids, no files needed
+            return cls(V2_CLS_ID, V2_EOS_ID, V2_PAD_ID) if vocab.upper() == "V2" else cls(None, None, 0)
         if vocab is not None:
             from ..vocab import as_vocab
 
             v = as_vocab(vocab)
             return cls(v.cls_id, v.eos_id, v.pad_id)
-        if model_vocab_version(model) == "V2":
-            return cls(2, 3, 0)
-        return cls(None, None, 0)
+        return cls.for_model(None, model_vocab_version(model) or "V1")
 
 
 def special_flags(seqs: TokenSequences, special: SpecialTokens) -> tuple[np.ndarray, np.ndarray]:
@@ -72,13 +73,15 @@ def gene_position_mask(lengths: torch.Tensor, width: int, has_cls: torch.Tensor,
     return (pos >= start) & (pos < end)
 
 
-def check_mode(mode: str) -> str:
-    if mode not in EMB_MODES:
-        raise ValueError(f"emb_mode must be one of {EMB_MODES}, got {mode!r}.")
-    return mode
+def mean_over_genes(hidden: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
+    """(B, H) mean of ``hidden`` (B, L, H) over the positions where ``gene_mask`` (B, L) is True
+    (in ``hidden``'s dtype; a row without genes gives zeros)."""
+    counts = gene_mask.sum(1, keepdim=True).clamp(min=1)
+    return (hidden * gene_mask.unsqueeze(-1)).sum(1) / counts
 
 
-def _check_cls(has_cls: np.ndarray, special: SpecialTokens) -> None:
+def check_cls(has_cls: np.ndarray, special: SpecialTokens) -> None:
+    """Raise unless every cell starts with ``<cls>`` (needed by the "cls" mode)."""
     if special.cls_id is None:
         raise InputError(
             "emb_mode='cls' needs a <cls> token, but this model's vocabulary has none (V1 models); "
@@ -93,34 +96,42 @@ def _check_cls(has_cls: np.ndarray, special: SpecialTokens) -> None:
         )
 
 
+@doc_params(data=doc_data, emb_layer=doc_emb_layer, batch_size=doc_batch_size, device=doc_device,
+            progress=doc_progress)
 def cell_embeddings(
     model: Any,
     data: Any,
     *,
-    mode: str = "cell",
+    mode: CellEmbMode = "cell",
     emb_layer: int = -1,
     vocab: Any = None,
     batch_size: int | None = None,
     device: Any = None,
     amp_dtype: Any = None,
-    progress: bool = True,
+    progress: bool | None = None,
     on_batch: Any = None,
 ) -> np.ndarray:
     """(N, H) float32 cell embeddings, in input order.
 
     Args:
+        model: a loaded model (``geneformer.models.load_model``).
+        {data}
         mode: "cell" (mean over gene positions) or "cls" (the ``<cls>`` state).
-        emb_layer: reference meaning: 0 = last layer, -1 = second-to-last layer output.
-        vocab: gene vocabulary (for the ``<cls>``/``<eos>`` ids); None infers it from the model.
+        {emb_layer}
+        vocab: gene vocabulary (for the ``<cls>``/``<eos>`` ids): "V1"/"V2", a token dictionary, a
+            ``GeneVocab`` or folder; None infers it from the model.
+        {batch_size}
+        {device}
+        amp_dtype: compute precision ("bf16"/"fp16"; None: ``settings.dtype``).
+        {progress}
         on_batch: optional callback ``f(rows, embs)`` per batch (e.g. streaming summaries).
     """
-    if mode not in CELL_EMB_MODES:
-        raise ValueError(f"mode must be 'cell' or 'cls' for cell embeddings, got {mode!r}.")
+    check_choice("mode", mode, CELL_EMB_MODES)
     seqs = as_sequences(data)
     special = SpecialTokens.for_model(model, vocab)
     has_cls, has_eos = special_flags(seqs, special)
     if mode == "cls":
-        _check_cls(has_cls, special)
+        check_cls(has_cls, special)
     layer = layer_index(model, emb_layer)
     out = np.zeros((len(seqs), model.config.hidden_size), dtype=np.float32)
     for batch in iter_forward(model, seqs, layer=layer, batch_size=batch_size, device=device,
@@ -133,8 +144,7 @@ def cell_embeddings(
             rows_t = torch.from_numpy(batch.rows)
             mask = gene_position_mask(batch.lengths, h.shape[1], torch.from_numpy(has_cls)[rows_t].to(h.device),
                                       torch.from_numpy(has_eos)[rows_t].to(h.device))
-            counts = mask.sum(1, keepdim=True).clamp(min=1)
-            embs = (h * mask.unsqueeze(-1)).sum(1) / counts
+            embs = mean_over_genes(h, mask)
         arr = embs.cpu().numpy()
         out[batch.rows] = arr
         if on_batch is not None:
@@ -188,7 +198,7 @@ def gene_embeddings(
     batch_size: int | None = None,
     device: Any = None,
     amp_dtype: Any = None,
-    progress: bool = True,
+    progress: bool | None = None,
     on_batch: Any = None,
 ) -> GeneEmbeddings:
     """Mean hidden state of each gene over the cells that express it.
@@ -236,7 +246,7 @@ def gene_states_per_cell(
     batch_size: int | None = None,
     device: Any = None,
     amp_dtype: Any = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every position's state: ``(cell_rows, token_ids, (n, H) states)``, grouped by cell in input order."""
     seqs = as_sequences(data)

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .._constants import CellEmbMode
+from .._constants import EmbMode
 from .._utils import (
     OptionError,
     check_cell_states,
@@ -19,9 +19,8 @@ from .._utils import (
     write_pickle,
 )
 from .._utils._docs import doc_batch_size, doc_device, doc_dtype, doc_emb_layer, doc_progress
-from ..data import check_columns, column_values, downsample_and_sort, filter_by_dict, load_tokenized
-from ._core import cell_embeddings
-from ._summaries import exact_summary
+from ..data import check_columns, column_values, load_tokenized
+from ._extract import extract_embeddings
 
 
 @doc_params(emb_layer=doc_emb_layer, batch_size=doc_batch_size, device=doc_device, dtype=doc_dtype,
@@ -31,7 +30,7 @@ def state_embeddings(
     data: Any,
     cell_states_to_model: Mapping[str, Any],
     *,
-    mode: CellEmbMode = "cell",
+    mode: EmbMode = "cell",
     emb_layer: int = -1,
     summary_stat: str = "exact_mean",
     filter_data: Mapping[str, Any] | None = None,
@@ -49,7 +48,7 @@ def state_embeddings(
     chosen with ``shuffle(seed=42)``) are embedded and summarised.
 
     Args:
-        mode: "cell" (mean over genes) or "cls" (the ``<cls>`` state).
+        mode: "cell" (mean over genes) or "cls" (the ``<cls>`` state); "gene" summarises gene embeddings.
         {emb_layer}
         summary_stat: "exact_mean" or "exact_median".
         vocab: the vocabulary (for ``<cls>``/``<eos>``): "V1"/"V2", a token dictionary, or None.
@@ -69,14 +68,11 @@ def state_embeddings(
     missing = [s for s in wanted if s not in present]
     if missing:
         raise ValueError(f"State(s) {missing} do not occur in column {key!r} (values: {sorted(map(str, present))[:20]}).")
-    ds = filter_by_dict(ds, filter_data)
-    out: dict[Any, torch.Tensor] = {}
-    for state in wanted:
-        cells = downsample_and_sort(filter_by_dict(ds, {key: [state]}), max_ncells)
-        embs = cell_embeddings(model, cells, mode=mode, emb_layer=emb_layer, vocab=vocab, batch_size=batch_size,
-                               device=device, amp_dtype=dtype, progress=progress)
-        out[state] = torch.from_numpy(exact_summary(embs, summary_stat))
-    return out
+    return {state: extract_embeddings(model, ds, mode=mode, emb_layer=emb_layer, filter_data=filter_data,
+                                      state_filter={key: [state]}, max_ncells=max_ncells, summary_stat=summary_stat,
+                                      vocab=vocab, batch_size=batch_size, device=device, dtype=dtype,
+                                      progress=progress).tensor
+            for state in wanted}
 
 
 def save_state_embs(state_embs: Mapping[Any, torch.Tensor], path: str | os.PathLike) -> None:

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Batching cells for the forward loop: a token budget from free memory, length-sorted batches,
+and right padding to each batch's own longest cell."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._utils import free_memory_bytes
+from .._utils import check_positive_int, free_memory_bytes
 from ..data import TokenSequences
 
 
@@ -33,27 +34,45 @@ def make_batches(
 ) -> list[np.ndarray]:
     """Group row indices into batches: longest cells first, each batch padded only to its own max.
 
-    With ``batch_size`` every batch holds that many cells; otherwise batches are filled up to
-    ``token_budget`` padded tokens, so batches of short cells hold more cells.
+    ``token_budget`` fills each batch up to that many padded tokens (so batches of short cells hold
+    more cells); ``batch_size`` caps the cells per batch. With only ``batch_size`` every batch
+    holds that many cells; with both, each budget batch is cut into pieces of at most
+    ``batch_size``.
     """
     lengths = np.asarray(lengths)
     order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(lengths))
     if batch_size is not None:
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        check_positive_int("batch size", batch_size)
     if token_budget is None:
-        raise ValueError("give batch_size or token_budget")
+        if batch_size is None:
+            raise ValueError("give batch_size or token_budget")
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = _budget_batches(lengths, order, int(token_budget))
+    if batch_size is None:
+        return batches
+    return [b[i : i + batch_size] for b in batches for i in range(0, len(b), batch_size)]
+
+
+def _budget_batches(lengths: np.ndarray, order: np.ndarray, token_budget: int) -> list[np.ndarray]:
+    """Greedy fill: the padded size of a batch is (cells) x (its longest cell)."""
+    sorted_lengths = np.maximum(lengths[order], 1)
+    if len(order) and bool(np.all(sorted_lengths[:-1] >= sorted_lengths[1:])):
+        # longest first: a batch's width is its first cell's length
+        batches, start = [], 0
+        while start < len(order):
+            take = max(1, token_budget // int(sorted_lengths[start]))
+            batches.append(order[start : start + take].astype(np.int64))
+            start += take
+        return batches
     batches: list[np.ndarray] = []
     current: list[int] = []
     width = 0
-    for r in order:
-        # greedy fill: the padded size of a batch is (cells) x (its longest cell)
-        new_width = max(width, int(lengths[r]), 1)
+    for r, length in zip(order.tolist(), sorted_lengths.tolist()):
+        new_width = max(width, length)
         if current and (len(current) + 1) * new_width > token_budget:
             batches.append(np.asarray(current, dtype=np.int64))
-            current, new_width = [], max(int(lengths[r]), 1)
-        current.append(int(r))
+            current, new_width = [], length
+        current.append(r)
         width = new_width
     if current:
         batches.append(np.asarray(current, dtype=np.int64))
@@ -62,13 +81,19 @@ def make_batches(
 
 def collate(seqs: TokenSequences, rows: np.ndarray, pad_id: int = 0,
             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad the chosen cells to the batch's longest: (input_ids, attention_mask, lengths)."""
+    """Right-pad the chosen cells to the batch's longest: ``(input_ids, attention_mask, lengths)``,
+    int64 tensors on ``device`` (copied from pinned memory without blocking when it is a GPU)."""
+    rows = np.asarray(rows, dtype=np.int64)
     lens = seqs.lengths[rows]
     width = int(lens.max())
+    mask = np.arange(width)[None, :] < lens[:, None]
+    starts = seqs.offsets[:-1][rows]
+    before = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    src = np.repeat(starts - before, lens) + np.arange(int(lens.sum()))
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    for j, r in enumerate(rows):
-        ids[j, : lens[j]] = seqs.row(int(r))
-    input_ids = torch.from_numpy(ids)
-    lengths = torch.from_numpy(lens.astype(np.int64))
-    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    return input_ids.to(device), mask.to(device), lengths.to(device)
+    ids[mask] = seqs.values[src]
+    tensors = [torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(lens.astype(np.int64))]
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
+    return tuple(t.to(device) for t in tensors)

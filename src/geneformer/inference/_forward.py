@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""One batch through a model: hidden states at a layer (running no further layers), the first
+position's state, or the full model's head outputs.
+
+Plain BERT embeddings and layers run the inference form of ``models._fast_encoder`` (the module's
+own arithmetic, faster on CPU); any other layer (LoRA-wrapped, quantized, ...) runs its own forward,
+and models that are not BERT-shaped run their whole forward.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,18 @@ from typing import Any, Sequence
 import torch
 
 from ..models import (
+    attention_probabilities,
     fast_embeddings,
     fast_layer_forward,
+    first_position_forward,
+    n_layers,
     right_padded_lengths,
     supports_fast_embeddings,
     supports_fast_layer,
+    supports_first_position,
 )
 
 
-# ---- forward ------------------------------------------------------------------------------------
 def _base_model(model: Any) -> Any:
     return getattr(model, "base_model", model)
 
@@ -36,9 +45,9 @@ def forward_hidden(
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Hidden states after ``layer`` encoder layers (0 = embedding output), running no further layers.
 
-    ``attention_layers`` (1-based, ≤ layer) asks for those layers' attention probabilities, which needs
-    a model loaded with eager attention. ``workspace``: a dict to keep the layers' scratch buffers in
-    from one call to the next (see ``models.fast_encoder``). Returns ``(hidden, {layer: (B, heads, L, L)})``.
+    ``attention_layers`` (1-based, <= layer) asks for those layers' attention probabilities.
+    ``workspace``: a dict to keep the layers' scratch buffers in from one call to the next (see
+    ``models._fast_encoder``). Returns ``(hidden, {layer: (B, heads, L, L)})``.
     """
     attention_layers = tuple(int(a) for a in attention_layers)
     if not _can_stop_early(model):  # any other architecture: full forward, pick the layer
@@ -66,17 +75,57 @@ def forward_hidden(
         fast_lengths = right_padded_lengths(None if mask is None else attention_mask, *input_ids.shape)
     for i, block in enumerate(base.encoder.layer[: max((layer, *attention_layers))], start=1):
         if i in attention_layers:
-            hidden, atts[i] = _layer_with_attention(block, hidden, mask, base.config)
+            atts[i] = attention_probabilities(block, hidden, mask)
+            hidden = _module_forward(block, hidden, mask)
         elif fast_dtype != torch.float16 and supports_fast_layer(block, base.config):
             # (fp16 stays with the module under autocast, whose residual stream is fp32: a pure fp16
             # residual stream could overflow; bf16 has fp32's range)
             hidden = fast_layer_forward(block, hidden, fast_mask, fast_dtype, workspace, fast_lengths)
         else:
-            out = block(hidden, mask)
-            hidden = out[0] if isinstance(out, tuple) else out
+            hidden = _module_forward(block, hidden, mask)
         if i == layer:
             kept = hidden
     return kept, atts
+
+
+def forward_first_position(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int,
+                           *, workspace: dict | None = None) -> torch.Tensor:
+    """(B, H) hidden state of position 0 (``<cls>``) after ``layer`` encoder layers.
+
+    The last layer is evaluated for the query at position 0 only (keys and values still come from
+    every position), which saves that layer's work for all other positions.
+    """
+    base = _base_model(model)
+    blocks = getattr(getattr(base, "encoder", None), "layer", None)
+    if layer < 1 or blocks is None or layer > len(blocks) or not supports_first_position(blocks[layer - 1]):
+        hidden, _ = forward_hidden(model, input_ids, attention_mask, layer, workspace=workspace)
+        return hidden[:, 0]
+    hidden, _ = forward_hidden(model, input_ids, attention_mask, layer - 1, workspace=workspace)
+    return first_position_forward(blocks[layer - 1], hidden, attention_mask)
+
+
+def forward_outputs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    *, workspace: dict | None = None) -> Any:
+    """The full model's outputs (``.logits`` for classifiers). Plain BERT cell and gene classifiers
+    run their encoder through :func:`forward_hidden` (and so the fast layers) and then their head;
+    any other model (PEFT-wrapped, custom heads) runs its own forward."""
+    from torch import nn
+    from transformers import BertForSequenceClassification, BertForTokenClassification
+    from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+
+    kind = type(model)
+    plain = kind in (BertForSequenceClassification, BertForTokenClassification) and type(model.classifier) is nn.Linear
+    if not plain or (kind is BertForSequenceClassification and model.bert.pooler is None):
+        return model(input_ids=input_ids, attention_mask=attention_mask)
+    hidden, _ = forward_hidden(model, input_ids, attention_mask, n_layers(model), workspace=workspace)
+    if kind is BertForTokenClassification:
+        return TokenClassifierOutput(logits=model.classifier(model.dropout(hidden)))
+    return SequenceClassifierOutput(logits=model.classifier(model.dropout(model.bert.pooler(hidden))))
+
+
+def _module_forward(block: Any, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    out = block(hidden, mask)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _fast_dtype(hidden: torch.Tensor) -> torch.dtype:
@@ -103,23 +152,3 @@ def _key_padding_mask(config: Any, hidden: torch.Tensor, attention_mask: torch.T
     from transformers.masking_utils import create_bidirectional_mask
 
     return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
-
-
-def _layer_with_attention(block: Any, hidden: torch.Tensor, mask: torch.Tensor | None, config: Any):
-    """Run one BERT layer and also return its attention probabilities (eager softmax(QK^T/sqrt(d)))."""
-    self_att = block.attention.self
-    b, length, _ = hidden.shape
-    shape = (b, length, -1, self_att.attention_head_size)
-    q = self_att.query(hidden).view(*shape).transpose(1, 2)
-    k = self_att.key(hidden).view(*shape).transpose(1, 2)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * self_att.scaling
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + mask
-    probs = torch.softmax(scores.float(), dim=-1).to(hidden.dtype)
-    out = block(hidden, mask)
-    return (out[0] if isinstance(out, tuple) else out), probs
-
-

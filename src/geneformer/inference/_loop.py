@@ -1,37 +1,50 @@
-"""The one batched forward pass shared by embeddings, perturbation and prediction.
+"""The one forward loop: embeddings, perturbation, prediction and state embeddings all run through
+:func:`iter_forward`.
 
-Cells are sorted by length (longest first) and grouped into batches padded only to the batch's own
-longest cell; the encoder is run under ``torch.inference_mode`` with SDPA attention and stops at the
-layer that is needed, so the hidden states of the other layers are never kept. Each batch carries the
-original row indices of its cells, so that callers put results back in input order.
+Cells are sorted by length (longest first) and grouped into batches up to a token budget (or a
+number of cells), each padded only to the batch's own longest cell; the model runs under
+``torch.inference_mode`` (and autocast for bf16/fp16), on the requested device, and stops at the
+layer that is needed, so the hidden states of the other layers are never computed. A batch that
+runs out of GPU memory is retried as two halves. Each batch carries the original row indices of
+its cells, so that callers put results back in input order whatever the batching.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .._utils import autocast as _autocast
-from .._utils import progress_bar, resolve_device, resolve_dtype
+from .._settings import settings
+from .._utils import (
+    OptionError,
+    autocast,
+    compute_dtype,
+    doc_params,
+    itemsize,
+    model_device,
+    progress_bar,
+    resolve_device,
+)
+from .._utils._docs import doc_device, doc_progress
 from ..data import as_sequences
 from ..models import n_layers
 from ._batching import auto_token_budget, collate, make_batches
-from ._forward import forward_hidden
+from ._forward import forward_first_position, forward_hidden, forward_outputs
 from ._validate import validate_sequences
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ForwardBatch:
-    """One batch's results: rows index the input, ``hidden`` is (B, L, H) at the requested layer."""
+    """One batch's results; ``rows`` index the input.
+
+    ``hidden`` is (B, L, H) at the requested layer, or (B, H) with ``first_position``; ``outputs``
+    holds the full model's outputs (``.logits``) with ``outputs=True``."""
 
     rows: np.ndarray
     input_ids: torch.Tensor  # (B, L) long, padded with pad_id
@@ -39,14 +52,18 @@ class ForwardBatch:
     attention_mask: torch.Tensor  # (B, L) long
     hidden: torch.Tensor | None = None
     attentions: dict[int, torch.Tensor] | None = None  # layer (1-based hidden index) -> (B, heads, L, L)
+    outputs: Any = None
 
 
+@doc_params(device=doc_device, progress=doc_progress)
 def iter_forward(
     model: Any,
     data: Any,
     *,
     layer: int | None = None,
     attention_layers: Sequence[int] = (),
+    first_position: bool = False,
+    outputs: bool = False,
     batch_size: int | None = None,
     token_budget: int | None = None,
     device: str | torch.device | None = None,
@@ -57,20 +74,34 @@ def iter_forward(
     progress: bool | None = None,
     desc: str = "forward",
     rows: np.ndarray | None = None,
+    workspace: dict | None = None,
 ) -> Iterator[ForwardBatch]:
-    """Run the model over tokenized cells and yield one ForwardBatch per batch.
+    """Run the model over tokenized cells and yield one :class:`ForwardBatch` per batch.
 
     Args:
-        model: a transformers BERT model (any head); its encoder is run only up to ``layer``.
-        data: a datasets.Dataset with ``input_ids``, a DataFrame, a list of token lists or TokenSequences.
+        model: a transformers model (any head); a BERT encoder runs only up to ``layer``.
+        data: tokenized cells (a ``datasets.Dataset`` with ``input_ids``, a DataFrame, token lists or
+            ``TokenSequences``).
         layer: hidden-state index (0 = embeddings, n_layers = last layer; see ``models.layer_index``);
             None means the last layer.
-        attention_layers: 1-based layers whose attention probabilities are returned (eager math).
-        batch_size: cells per batch; None chooses batches from free memory (a token budget).
-        device: where to run; None moves nothing and uses the model's device.
-        amp_dtype: "bf16"/"fp16" runs under autocast (no-op when the weights are already that dtype).
+        attention_layers: 1-based layers whose attention probabilities are returned.
+        first_position: return only position 0's state (``<cls>``), the last layer run for it alone.
+        outputs: run the whole model, head included, and return its outputs.
+        batch_size: at most this many cells per batch.
+        token_budget: padded tokens per batch (None and no ``batch_size``: ``settings.token_budget``,
+            else chosen from free memory). With both, budget batches are cut to ``batch_size``.
+        {device}
+            None here keeps the model where it is.
+        amp_dtype: compute dtype, "bf16"/"fp16" under autocast (None: ``settings.dtype``; a no-op
+            when the weights already are that dtype).
+        sort: longest cells first (False keeps the input order).
+        validate: check that the cells fit the model (vocabulary, length) first.
+        {progress}
         rows: only these rows of ``data`` (in any order); results still carry the original row index.
+        workspace: a dict that keeps the layers' scratch buffers from one call to the next.
     """
+    if sum((bool(attention_layers), first_position, outputs)) > 1:
+        raise OptionError("iter_forward: attention_layers, first_position and outputs exclude each other.")
     seqs = as_sequences(data)
     if validate:
         validate_sequences(seqs, model)
@@ -78,9 +109,8 @@ def iter_forward(
         dev = resolve_device(device)
         model.to(dev)
     else:
-        param = next(model.parameters(), None)
-        dev = param.device if param is not None else torch.device("cpu")
-    amp = resolve_dtype(amp_dtype)
+        dev = model_device(model)
+    amp = compute_dtype(amp_dtype)
     total_layers = n_layers(model)
     layer = total_layers if layer is None else int(layer)
     if not 0 <= layer <= total_layers:
@@ -88,23 +118,23 @@ def iter_forward(
     lengths = seqs.lengths
     subset = np.arange(len(seqs)) if rows is None else np.asarray(rows, dtype=np.int64)
     if batch_size is None and token_budget is None:
-        itemsize = 2 if amp in (torch.float16, torch.bfloat16) else 4
-        token_budget = auto_token_budget(model, int(lengths[subset].max()) if len(subset) else 1, dev, itemsize,
-                                         output_attentions=bool(attention_layers))
+        token_budget = settings.token_budget or auto_token_budget(
+            model, int(lengths[subset].max()) if len(subset) else 1, dev, itemsize(amp),
+            output_attentions=bool(attention_layers))
     batches = [subset[b] for b in make_batches(lengths[subset], batch_size, token_budget, sort=sort)]
+    workspace = {} if workspace is None else workspace  # the layers' scratch buffers, reused across batches
     was_training = model.training
     model.eval()
     try:
         bar = progress_bar(total=len(subset), desc=desc, unit="cell", progress=progress)
         pending = list(reversed(batches))  # a stack, so that a split batch is retried next
-        workspace: dict = {}  # the layers' scratch buffers, reused from batch to batch
-        with torch.inference_mode(), _autocast(dev, amp, model):
+        with torch.inference_mode(), autocast(dev, amp, model):
             while pending:
                 batch_rows = pending.pop()
                 input_ids, mask, lens = collate(seqs, batch_rows, pad_id, dev)
                 try:
-                    hidden, atts = forward_hidden(model, input_ids, mask, layer, attention_layers=attention_layers,
-                                                  workspace=workspace)
+                    batch = _run_batch(model, batch_rows, input_ids, mask, lens, layer, attention_layers,
+                                       first_position, outputs, workspace)
                 except torch.OutOfMemoryError:
                     if len(batch_rows) == 1:
                         raise
@@ -117,7 +147,7 @@ def iter_forward(
                     pending.extend([batch_rows[half:], batch_rows[:half]])
                     logger.info("Out of memory with %d cells per batch; retrying with %d", len(batch_rows), half)
                     continue
-                yield ForwardBatch(batch_rows, input_ids, lens, mask, hidden, atts or None)
+                yield batch
                 bar.update(len(batch_rows))
         bar.close()
     finally:
@@ -125,48 +155,30 @@ def iter_forward(
             model.train()
 
 
+def _run_batch(model, rows, input_ids, mask, lens, layer, attention_layers, first_position, outputs,
+               workspace) -> ForwardBatch:
+    if outputs:
+        return ForwardBatch(rows, input_ids, lens, mask, outputs=forward_outputs(model, input_ids, mask,
+                                                                              workspace=workspace))
+    if first_position:
+        hidden = forward_first_position(model, input_ids, mask, layer, workspace=workspace)
+        return ForwardBatch(rows, input_ids, lens, mask, hidden)
+    hidden, atts = forward_hidden(model, input_ids, mask, layer, attention_layers=attention_layers,
+                                  workspace=workspace)
+    return ForwardBatch(rows, input_ids, lens, mask, hidden, atts or None)
+
+
 def run_model(model: Any, data: Any, *, batch_size: int | None = None, device: Any = None,
-              amp_dtype: Any = None, progress: bool | None = None, desc: str = "predict") -> Iterator[tuple[np.ndarray, Any]]:
+              amp_dtype: Any = None, progress: bool | None = None,
+              desc: str = "predict") -> Iterator[tuple[np.ndarray, Any]]:
     """Full forward (with the model's head) in length-sorted batches; yields ``(rows, outputs)``.
 
     For prediction with classifier heads: ``outputs.logits`` is (B, num_labels) for cell classifiers
     and (B, L, num_labels) for gene classifiers (padded positions included; use the lengths).
     """
-    seqs = as_sequences(data)
-    validate_sequences(seqs, model)
-    dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    model.to(dev)
-    amp = resolve_dtype(amp_dtype)
-    if batch_size is None:
-        token_budget = auto_token_budget(model, int(seqs.lengths.max()), dev)
-    else:
-        token_budget = None
-    model.eval()
-    workspace: dict = {}
-    with torch.inference_mode(), _autocast(dev, amp, model):
-        bar = progress_bar(total=len(seqs), desc=desc, unit="cell", progress=progress)
-        for rows in make_batches(seqs.lengths, batch_size, token_budget):
-            input_ids, mask, _ = collate(seqs, rows, 0, dev)
-            out = _classifier_forward(model, input_ids, mask, workspace)
-            yield rows, out if out is not None else model(input_ids=input_ids, attention_mask=mask)
-            bar.update(len(rows))
-        bar.close()
+    for batch in iter_forward(model, data, outputs=True, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
+                              progress=progress, desc=desc):
+        yield batch.rows, batch.outputs
 
 
-def _classifier_forward(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, workspace: dict) -> Any:
-    """A plain BERT cell or gene classifier's outputs, its encoder run through ``forward_hidden``
-    (and so the fast layers); None for any other model (PEFT-wrapped, custom heads), which then
-    runs its own forward."""
-    from torch import nn
-    from transformers import BertForSequenceClassification, BertForTokenClassification
-    from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
-
-    kind = type(model)
-    if kind not in (BertForSequenceClassification, BertForTokenClassification) or type(model.classifier) is not nn.Linear:
-        return None
-    if kind is BertForSequenceClassification and model.bert.pooler is None:
-        return None
-    hidden, _ = forward_hidden(model, input_ids, mask, n_layers(model), workspace=workspace)
-    if kind is BertForTokenClassification:
-        return TokenClassifierOutput(logits=model.classifier(model.dropout(hidden)))
-    return SequenceClassifierOutput(logits=model.classifier(model.dropout(model.bert.pooler(hidden))))
+__all__ = ["ForwardBatch", "iter_forward", "run_model"]

@@ -8,29 +8,30 @@ from ._adapters import (
     as_lora_config,
     bnb_config,
     check_quantization_available,
-    finetuned_kind,
-    is_adapter_folder,
     load_classifier,
     load_finetuned,
     lora_config,
     model_size_mb,
     quantize_dynamic_int8,
-    read_finetune_meta,
-    write_finetune_meta,
 )
 from ._cpu_attention import blocked_attention
 from ._fast_encoder import (
+    attention_probabilities,
     fast_embeddings,
     fast_layer_forward,
+    first_position_forward,
     right_padded_lengths,
     supports_fast_embeddings,
     supports_fast_layer,
+    supports_first_position,
 )
 from ._freeze import freeze_encoder_layers
 from ._loading import (
     check_model_folder,
     check_vocab_matches,
+    finetuned_kind,
     init_model,
+    is_adapter_folder,
     layer_index,
     load_model,
     model_emb_dims,
@@ -38,7 +39,9 @@ from ._loading import (
     model_vocab_version,
     n_layers,
     normalise_kind,
+    read_finetune_meta,
     resolve_model_source,
+    write_finetune_meta,
 )
 from ._mlm import GeneformerForMaskedLM, masked_accuracy
 from ._multitask import AttentionPool, GeneformerMultiTask
@@ -57,10 +60,10 @@ __all__ = [
     "DEFAULT_MODEL", "HUB_REPO", "MODEL_ZOO", "AttentionPool", "GeneformerForMaskedLM", "GeneformerMultiTask",
     "ModelLoadError", "ModelSpec", "QuantizationError", "apply_lora", "as_lora_config", "bert_config_kwargs",
     "blocked_attention", "bnb_config", "check_model_folder", "check_quantization_available", "check_vocab_matches",
-    "fast_embeddings", "fast_layer_forward", "finetuned_kind", "freeze_encoder_layers", "get_spec", "init_model", "is_adapter_folder",
+    "attention_probabilities", "fast_embeddings", "fast_layer_forward", "finetuned_kind", "first_position_forward", "freeze_encoder_layers", "get_spec", "init_model", "is_adapter_folder",
     "layer_index", "list_models", "load_classifier", "load_finetuned", "load_model", "lora_config",
     "masked_accuracy", "model_emb_dims", "model_input_size", "model_size_mb", "model_vocab_version", "n_layers",
     "normalise_kind", "quantize_dynamic_int8", "read_finetune_meta", "resolve_device", "resolve_dtype",
-    "resolve_model_source", "right_padded_lengths", "supports_fast_embeddings", "supports_fast_layer",
+    "resolve_model_source", "right_padded_lengths", "supports_fast_embeddings", "supports_fast_layer", "supports_first_position",
     "vocab_version_for_size", "write_finetune_meta",
 ]

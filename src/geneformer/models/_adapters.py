@@ -12,16 +12,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from .._utils import QuantizationError
+from ._loading import finetuned_kind, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ CPU_QUANT_MESSAGE = (
     "8-bit / 4-bit quantized loading needs a CUDA GPU and bitsandbytes; on CPU use int8 dynamic "
     "quantization for inference (geneformer.train.lora.quantize_dynamic_int8(model))."
 )
-FINETUNE_META = "geneformer_finetune.json"
 
 
 def check_quantization_available() -> None:
@@ -105,8 +103,6 @@ def load_classifier(model_directory: str | os.PathLike, kind: str, num_labels: i
     ``quantize``: False, True (4-bit NF4 + LoRA r64/α128), 8 / 4, or the reference's dict
     ``{"bnb_config": BitsAndBytesConfig, "peft_config": LoraConfig}``.
     """
-    from ._loading import load_model
-
     kwargs: dict[str, Any] = {"ignore_mismatched_sizes": True}
     if id2label:
         kwargs["id2label"] = {int(k): str(v) for k, v in id2label.items()}
@@ -122,16 +118,8 @@ def load_classifier(model_directory: str | os.PathLike, kind: str, num_labels: i
             kwargs["quantization_config"] = bnb_config(bits)
             peft_cfg = lora_config(kind)
         # bitsandbytes places the weights itself (a quantized model cannot be moved with .to)
-        from ._loading import _model_class, check_vocab_matches, normalise_kind, resolve_model_source
-
-        source, src_kwargs, _ = resolve_model_source(model_directory)
-        kwargs.update(src_kwargs)
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-        model = _model_class(normalise_kind(kind)).from_pretrained(source, num_labels=int(num_labels), **kwargs)
-        check_vocab_matches(model, vocab, source=f"Model {model_directory}")
-    else:
-        model = load_model(model_directory, kind=kind, num_labels=num_labels, vocab=vocab, eval_mode=False,
-                           **kwargs)
+    model = load_model(model_directory, kind=kind, num_labels=num_labels, vocab=vocab, eval_mode=False, **kwargs)
     if lora and peft_cfg is None:
         peft_cfg = as_lora_config(lora, kind)
     if peft_cfg is not None:
@@ -143,74 +131,13 @@ def load_classifier(model_directory: str | os.PathLike, kind: str, num_labels: i
     return model
 
 
-def is_adapter_folder(folder: str | os.PathLike) -> bool:
-    return (Path(folder) / "adapter_config.json").is_file()
-
-
-def write_finetune_meta(folder: str | os.PathLike, **meta: Any) -> None:
-    """Record what a fine-tuned folder holds (kind, classes, base model) beside the weights."""
-    path = Path(folder) / FINETUNE_META
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def read_finetune_meta(folder: str | os.PathLike) -> dict:
-    path = Path(folder) / FINETUNE_META
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def finetuned_kind(folder: str | os.PathLike) -> str:
-    """"cell_classifier" or "gene_classifier" for a fine-tuned folder (full weights or adapter)."""
-    meta = read_finetune_meta(folder)
-    if meta.get("kind"):
-        return meta["kind"]
-    cfg_path = Path(folder) / "config.json"
-    if cfg_path.is_file():
-        arch = (json.loads(cfg_path.read_text()).get("architectures") or [""])[0]
-        if "TokenClassification" in arch:
-            return "gene_classifier"
-        if "SequenceClassification" in arch:
-            return "cell_classifier"
-    acfg = Path(folder) / "adapter_config.json"
-    if acfg.is_file() and json.loads(acfg.read_text()).get("task_type") == "TOKEN_CLS":
-        return "gene_classifier"
-    return "cell_classifier"
-
-
 def load_finetuned(folder: str | os.PathLike, kind: str | None = None, *, num_labels: int | None = None,
                    base_model: str | os.PathLike | None = None, device: Any = None, merge: bool = False,
                    vocab: Any = None) -> Any:
-    """Load a fine-tuned classifier folder in eval mode: full weights, or a LoRA adapter on its base.
-
-    For an adapter folder the base model comes from ``base_model``, else from the adapter's
-    ``base_model_name_or_path``; ``merge=True`` folds the adapters into the weights (faster inference).
-    """
-    from .._utils import resolve_device
-    from ._loading import load_model
-
-    folder = Path(folder)
-    kind = kind or finetuned_kind(folder)
-    if not is_adapter_folder(folder):
-        return load_model(folder, kind=kind, num_labels=num_labels, vocab=vocab, device=device)
-    from peft import PeftModel
-
-    meta = read_finetune_meta(folder)
-    acfg = json.loads((folder / "adapter_config.json").read_text())
-    base = base_model or meta.get("base_model") or acfg.get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{folder} is a LoRA adapter without a recorded base model; pass base_model=.")
-    num_labels = num_labels or meta.get("num_labels")
-    id2label = meta.get("id2label")
-    kwargs: dict[str, Any] = {"ignore_mismatched_sizes": True}
-    if id2label:
-        kwargs["id2label"] = {int(k): v for k, v in id2label.items()}
-    model = load_model(base, kind=kind, num_labels=num_labels, vocab=vocab, device="cpu", eval_mode=False, **kwargs)
-    model = PeftModel.from_pretrained(model, str(folder))
-    if merge:
-        model = model.merge_and_unload()
-    model.to(resolve_device(device))
-    return model.eval()
+    """Load a fine-tuned classifier folder in eval mode: full weights, or a LoRA adapter on its base
+    (``load_model`` with the kind recorded in the folder)."""
+    return load_model(folder, kind=kind or finetuned_kind(folder), num_labels=num_labels, vocab=vocab, device=device,
+                      base_model=base_model, merge=merge)
 
 
 def quantize_dynamic_int8(model: Any) -> Any:

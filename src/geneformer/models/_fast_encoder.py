@@ -17,6 +17,10 @@ is scheduled:
 Only plain ``BertLayer`` blocks in eval mode under ``no_grad``/``inference_mode`` are taken (see
 :func:`supports_fast_layer`); LoRA-wrapped, quantized or otherwise modified layers run their own
 forward.
+
+This is the one module that opens a BERT layer up: besides the fast forward it computes a layer's
+attention probabilities (:func:`attention_probabilities`) and a layer's output at the first
+position only (:func:`first_position_forward`, for ``<cls>`` embeddings and perturbations).
 """
 
 from __future__ import annotations
@@ -201,3 +205,52 @@ def _forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor | None, dt
     out = _linear(inner, w.w_out, w.b_out, ws, "output")
     out += att
     return F.layer_norm(out, *w.ln2)
+
+
+# ---- the two other ways into a BERT layer: attention probabilities, and the first position only ----
+def attention_probabilities(block: Any, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, heads, L, L) attention probabilities of ``block`` for ``hidden``: the eager formula
+    ``softmax(Q K^T / sqrt(d) + mask)``, computed in fp32 and returned in the hidden states' dtype.
+    ``mask`` is a (B, 1, 1, L) boolean key mask or an additive float mask (None: no padding)."""
+    self_att = block.attention.self
+    b, length, _ = hidden.shape
+    shape = (b, length, -1, self_att.attention_head_size)
+    q = self_att.query(hidden).view(*shape).transpose(1, 2)
+    k = self_att.key(hidden).view(*shape).transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * self_att.scaling
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask
+    return torch.softmax(scores.float(), dim=-1).to(hidden.dtype)
+
+
+def supports_first_position(block: Any) -> bool:
+    """Whether ``block`` is a BERT layer whose output at position 0 :func:`first_position_forward` computes."""
+    try:
+        att = block.attention.self
+        parts = (att.query, att.key, att.value, block.attention.output, block.intermediate, block.output,
+                 att.num_attention_heads, att.attention_head_size)
+    except AttributeError:
+        return False
+    return all(p is not None for p in parts)
+
+
+def first_position_forward(block: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, H) output of ``block`` at position 0 (``<cls>``) only: the query of position 0 attends to
+    every position's keys and values, and the rest of the layer runs for that one position."""
+    att = block.attention.self
+    heads, d = int(att.num_attention_heads), int(att.attention_head_size)
+    b, length, _ = hidden.shape
+    q = att.query(hidden[:, :1]).view(b, 1, heads, d).transpose(1, 2)
+    k = att.key(hidden).view(b, length, heads, d).transpose(1, 2)
+    v = att.value(hidden).view(b, length, heads, d).transpose(1, 2)
+    key_mask = None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        key_mask = attention_mask.bool()[:, None, None, :]
+    scale = getattr(att, "scaling", d ** -0.5)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
+    ctx = ctx.transpose(1, 2).reshape(b, 1, heads * d)
+    a = block.attention.output(ctx, hidden[:, :1])
+    return block.output(block.intermediate(a), a)[:, 0]

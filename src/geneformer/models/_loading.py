@@ -1,20 +1,24 @@
-"""Loading Geneformer checkpoints as masked-LM, cell-classifier or gene-classifier BERT models.
+"""The one model loader: every kind of Geneformer checkpoint goes through :func:`load_model`.
 
-A model is named either by a local folder (``config.json`` + ``model.safetensors`` /
-``pytorch_model.bin``) or by a zoo name, which resolves to ``from_pretrained(repo, subfolder=...)`` on
-the Hugging Face hub. Models are loaded in eval mode with PyTorch's scaled-dot-product attention
-(SDPA) unless another implementation is asked for, and their ``vocab_size`` is checked against the
-gene vocabulary so that the common V1/V2 mix-up fails early with a clear message.
+A model is named by a local folder (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``,
+or a LoRA adapter folder), a zoo name, which resolves to ``from_pretrained(repo, subfolder=...)`` on
+the Hugging Face hub, or a hub repository id. It is loaded as a masked-LM, a cell or gene
+classifier, a bare encoder, or any ``PreTrainedModel`` class (``model_class``: the multi-task and
+pretraining heads), in eval mode with PyTorch's scaled-dot-product attention (SDPA) unless another
+implementation is asked for; its ``vocab_size`` is checked against the gene vocabulary so that the
+common V1/V2 mix-up fails early with a clear message. Fine-tuned folders record what they hold in
+``geneformer_finetune.json`` (:func:`write_finetune_meta`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._utils import ModelLoadError, hub_offline, resolve_device, resolve_dtype
+from .._utils import ModelLoadError, check_emb_layer, hub_offline, resolve_device, resolve_dtype, write_json
 from ._zoo import LEGACY_NOTE, MODEL_ZOO, ModelSpec, get_spec, vocab_version_for_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +47,9 @@ _KIND_ALIASES = {
     "gene_classifier": "gene_classifier",
     "geneclassifier": "gene_classifier",
     "token_classification": "gene_classifier",
+    "encoder": "encoder",
 }
+FINETUNE_META = "geneformer_finetune.json"
 
 
 def normalise_kind(kind: str) -> str:
@@ -51,19 +57,20 @@ def normalise_kind(kind: str) -> str:
     key = str(kind).replace("-", "_").lower()
     if key not in _KIND_ALIASES:
         raise ValueError(
-            f"Unknown model kind {kind!r}; use 'pretrained', 'cell_classifier' or 'gene_classifier' "
+            f"Unknown model kind {kind!r}; use 'pretrained', 'cell_classifier', 'gene_classifier' or 'encoder' "
             "(the reference's 'Pretrained', 'CellClassifier', 'GeneClassifier' are accepted too)."
         )
     return _KIND_ALIASES[key]
 
 
 def _model_class(kind: str):
-    from transformers import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
+    from transformers import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification, BertModel
 
     return {
         "pretrained": BertForMaskedLM,
         "cell_classifier": BertForSequenceClassification,
         "gene_classifier": BertForTokenClassification,
+        "encoder": BertModel,
     }[kind]
 
 
@@ -146,32 +153,44 @@ def load_model(
     *,
     attn_implementation: str = "sdpa",
     eval_mode: bool = True,
+    model_class: Any = None,
+    base_model: "str | os.PathLike | None" = None,
+    merge: bool = False,
     **from_pretrained_kwargs: Any,
 ) -> "PreTrainedModel":
     """Load a Geneformer checkpoint.
 
     Args:
-        name_or_path: a local model folder, a zoo name (``MODEL_ZOO``) or a hub repository id.
-        kind: "pretrained" (BertForMaskedLM), "cell_classifier" (BertForSequenceClassification) or
-            "gene_classifier" (BertForTokenClassification).
+        name_or_path: a local model folder (or LoRA adapter folder), a zoo name (``MODEL_ZOO``) or a
+            hub repository id.
+        kind: "pretrained" (BertForMaskedLM), "cell_classifier" (BertForSequenceClassification),
+            "gene_classifier" (BertForTokenClassification) or "encoder" (BertModel); the
+            reference's "Pretrained"/"CellClassifier"/"GeneClassifier" spellings are accepted.
         num_labels: number of classes for the classifier kinds (defaults to the checkpoint's own).
         vocab: gene vocabulary (GeneVocab, "V1"/"V2" or a folder) to check ``vocab_size`` against.
-        device: "cpu", "cuda", a torch.device, or None for CUDA when available.
+        device: "cpu", "cuda", a torch.device, or None for ``settings.device``. A ``device_map``
+            keyword (quantized loading) places the weights instead.
         dtype: weights dtype ("fp32", "bf16", "fp16"); None keeps the checkpoint's float32.
-        attn_implementation: "sdpa" (default, fast) or "eager" (needed to read attention weights).
+        attn_implementation: "sdpa" (default, fast) or "eager".
         eval_mode: put the model in eval mode (dropout off).
+        model_class: any ``PreTrainedModel`` class to load instead of the kind's BERT class.
+        base_model: for a LoRA adapter folder, the base model (default: the one the folder records).
+        merge: for a LoRA adapter folder, fold the adapters into the weights (faster inference).
+        from_pretrained_kwargs: passed to ``from_pretrained`` (``ignore_mismatched_sizes``, ``revision``, ...).
     """
     kind = normalise_kind(kind)
+    if is_adapter_folder(name_or_path):
+        return _load_adapter(Path(name_or_path), kind, num_labels, vocab, device, base_model, merge, eval_mode)
     source, kwargs, spec = resolve_model_source(name_or_path)
     kwargs.update(from_pretrained_kwargs)
     if hub_offline() and not Path(source).is_dir():
         kwargs.setdefault("local_files_only", True)  # fail at once instead of retrying the network
-    if kind != "pretrained" and num_labels is not None:
+    if kind in ("cell_classifier", "gene_classifier") and num_labels is not None:
         kwargs["num_labels"] = int(num_labels)
     torch_dtype = resolve_dtype(dtype)
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    cls = _model_class(kind)
+    cls = model_class or _model_class(kind)
     try:
         model = cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
     except (ValueError, ImportError) as exc:
@@ -192,10 +211,70 @@ def load_model(
     if spec is not None and model.config.vocab_size != spec.vocab_size:
         logger.warning("%s: vocab_size %d differs from the zoo's %d", spec.name, model.config.vocab_size,
                        spec.vocab_size)
-    model.to(resolve_device(device))
+    if "device_map" not in kwargs:
+        model.to(resolve_device(device))
     if eval_mode:
         model.eval()
     return model
+
+
+def _load_adapter(folder: Path, kind: str, num_labels: int | None, vocab: Any, device: Any,
+                  base_model: Any, merge: bool, eval_mode: bool) -> Any:
+    """A LoRA adapter folder on its base model (the one given, or the one the folder records)."""
+    from peft import PeftModel
+
+    meta = read_finetune_meta(folder)
+    acfg = json.loads((folder / "adapter_config.json").read_text())
+    base = base_model or meta.get("base_model") or acfg.get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{folder} is a LoRA adapter without a recorded base model; pass base_model=.")
+    kwargs: dict[str, Any] = {"ignore_mismatched_sizes": True}
+    if meta.get("id2label"):
+        kwargs["id2label"] = {int(k): v for k, v in meta["id2label"].items()}
+    model = load_model(base, kind=kind, num_labels=num_labels or meta.get("num_labels"), vocab=vocab, device="cpu",
+                       eval_mode=False, **kwargs)
+    model = PeftModel.from_pretrained(model, str(folder))
+    if merge:
+        model = model.merge_and_unload()
+    model.to(resolve_device(device))
+    return model.eval() if eval_mode else model
+
+
+def is_adapter_folder(folder: Any) -> bool:
+    """Whether ``folder`` is a local LoRA adapter folder (``adapter_config.json``)."""
+    try:
+        return (Path(folder).expanduser() / "adapter_config.json").is_file()
+    except (TypeError, OSError):
+        return False
+
+
+def write_finetune_meta(folder: str | os.PathLike, **meta: Any) -> None:
+    """Record what a fine-tuned folder holds (kind, classes, base model) beside the weights."""
+    write_json(Path(folder) / FINETUNE_META, meta, default=str)
+
+
+def read_finetune_meta(folder: str | os.PathLike) -> dict:
+    """What :func:`write_finetune_meta` recorded (empty when the folder has no record)."""
+    path = Path(folder) / FINETUNE_META
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def finetuned_kind(folder: str | os.PathLike) -> str:
+    """"cell_classifier" or "gene_classifier" for a fine-tuned folder (full weights or adapter)."""
+    meta = read_finetune_meta(folder)
+    if meta.get("kind"):
+        return meta["kind"]
+    cfg_path = Path(folder) / "config.json"
+    if cfg_path.is_file():
+        arch = (json.loads(cfg_path.read_text()).get("architectures") or [""])[0]
+        if "TokenClassification" in arch:
+            return "gene_classifier"
+        if "SequenceClassification" in arch:
+            return "cell_classifier"
+    acfg = Path(folder) / "adapter_config.json"
+    if acfg.is_file() and json.loads(acfg.read_text()).get("task_type") == "TOKEN_CLS":
+        return "gene_classifier"
+    return "cell_classifier"
 
 
 def n_layers(model: Any) -> int:
@@ -211,13 +290,7 @@ def layer_index(model: Any, emb_layer: int = -1) -> int:
     is the final encoder layer and ``-1`` the second-to-last layer's output.
     """
     n = n_layers(model)
-    emb_layer = int(emb_layer)
-    if not -n <= emb_layer <= 0:
-        raise ValueError(
-            f"emb_layer={emb_layer} is out of range for a {n}-layer model; use 0 (last layer), -1 "
-            f"(second-to-last) down to {-n} (the embedding layer)."
-        )
-    return n + emb_layer
+    return n + check_emb_layer(emb_layer, n)
 
 
 def model_input_size(model: Any) -> int:

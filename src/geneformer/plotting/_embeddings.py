@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from .._utils import check_choice
 from ._base import pyplot, save
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 
 def _legend_columns(n_categories: int) -> int:
@@ -119,3 +123,42 @@ def plot_heatmap(
         return save(grid.figure, path)
     finally:
         plt.close(grid.figure)
+
+
+def plot_embeddings(
+    embs: "pd.DataFrame",
+    labels: Sequence[str],
+    plot_style: str,
+    output_directory: str | os.PathLike,
+    output_prefix: str,
+    *,
+    labels_to_plot: Sequence[str] | None = None,
+    max_ncells_to_plot: int | None = 1000,
+    max_ncells: int | None = None,
+    kwargs_dict: dict | None = None,
+) -> list[Path]:
+    """UMAP or heatmap of a cell-embedding table (columns 0..H-1 then ``labels``), one PDF per label.
+
+    Files are ``{output_prefix}_{plot_style}_{label}.pdf``; at most ``max_ncells_to_plot`` cells
+    (and at most ``max_ncells``) are drawn, sampled with a fixed seed. Returns the files written.
+    """
+    check_choice("plot_style", plot_style, ("heatmap", "umap"))
+    labels = list(labels or [])
+    if plot_style == "umap" and not labels_to_plot:
+        raise ValueError("plot_style='umap' needs labels_to_plot (label columns from emb_label).")
+    n = len(embs)
+    if max_ncells_to_plot is None:
+        max_ncells_to_plot = n
+    if max_ncells is not None:
+        max_ncells_to_plot = min(max_ncells_to_plot, int(max_ncells))
+    if n > max_ncells_to_plot:
+        embs = embs.sample(max_ncells_to_plot, random_state=0)
+    emb_cols = list(embs.columns[: embs.shape[1] - len(labels)])
+    to_plot = [lab for lab in (labels_to_plot or labels) if lab in labels]
+    if not to_plot:
+        raise ValueError(f"None of labels_to_plot={labels_to_plot} is in emb_label={labels}.")
+    draw = plot_umap if plot_style == "umap" else plot_heatmap
+    values = embs[emb_cols].to_numpy(np.float32)
+    return [draw(values, embs[label].to_numpy(), Path(output_directory) / f"{output_prefix}_{plot_style}_{label}.pdf",
+                 label=label, **(kwargs_dict or {}))
+            for label in to_plot]

@@ -33,7 +33,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .._constants import IGNORE_INDEX
 from .._utils import CorpusError
 from ..data import load_dataset_folder
-from ..models import GeneformerForMaskedLM
+from ..models import GeneformerForMaskedLM, load_model
 from ..vocab import GeneVocab, as_vocab
 from ._architectures import load_config, preset_vocab_version
 from ._collators import DataCollatorForMaskedGenes
@@ -410,7 +410,7 @@ def pretrain(
             raise ValueError("config cannot be changed when continuing from a checkpoint; drop config=.")
         ckpt_cfg = BertConfig.from_pretrained(str(ckpt))
         gene_vocab = _checkpoint_vocab(ckpt, ckpt_cfg, vocab)
-        model = GeneformerForMaskedLM.from_pretrained(str(ckpt), attn_implementation="sdpa")
+        model = load_model(ckpt, model_class=GeneformerForMaskedLM, eval_mode=False, device="cpu")
     else:
         version = None
         if isinstance(config, str) and not Path(config).exists():
