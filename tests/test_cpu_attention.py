@@ -142,3 +142,38 @@ def _attention_in_child() -> list[int]:
     out = torch.empty(1, 16, 8, dtype=torch.bfloat16)
     blocked_attention(q, k, v, [16], out, block=4)
     return [cpu_attention._pool.size, int(out.float().mean().item())]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_attention_interface_matches_sdpa(dtype, tol):
+    """The CPU kernels registered as a transformers attention function give sdpa's outputs,
+    padded cells included, when a model runs its own layers."""
+    from transformers import BertConfig, BertModel
+
+    from geneformer.models import register_cpu_attention
+
+    name = register_cpu_attention()
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, hidden_act="relu")
+    model = BertModel(config).eval().to(dtype)
+    ids = torch.randint(4, 50, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    mask[2, 7:] = 0
+    with torch.inference_mode():
+        model.set_attn_implementation("sdpa")
+        ref = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        model.set_attn_implementation(name)
+        got = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+    keep = mask.bool()
+    assert torch.allclose(got[keep], ref[keep], atol=tol, rtol=tol)
+    assert model.config._attn_implementation == name
+
+
+def test_attention_interface_defers_to_sdpa_when_training():
+    from geneformer.models import geneformer_cpu_attention
+
+    q = torch.randn(1, 2, 5, 4, requires_grad=True)
+    out, weights = geneformer_cpu_attention(torch.nn.Module(), q, q.detach(), q.detach(), None, dropout=0.0)
+    assert weights is None and out.shape == (1, 5, 2, 4) and out.requires_grad  # the sdpa path kept autograd

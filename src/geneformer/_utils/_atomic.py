@@ -85,10 +85,12 @@ def write_with(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """``data`` to ``path``, atomically."""
     return write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
+    """``text`` to ``path``, atomically."""
     return write_with(path, lambda tmp: tmp.write_text(text))
 
 

@@ -24,6 +24,7 @@ _DTYPE_NAMES = {
 
 
 def cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA device."""
     import torch
 
     return bool(torch.cuda.is_available())
@@ -98,7 +99,7 @@ def itemsize(dtype: "torch.dtype | None") -> int:
     return 2 if dtype in (torch.float16, torch.bfloat16) else 4
 
 
-def autocast(device: "torch.device", dtype: "torch.dtype | None", model: Any = None):
+def autocast(device: "torch.device", dtype: "torch.dtype | None", model: Any = None) -> Any:
     """Autocast to ``dtype`` on ``device`` (a no-op for fp32, or when the weights already are ``dtype``)."""
     import torch
 

@@ -15,7 +15,7 @@ def show_progress(progress: bool | None = None) -> bool:
 
 
 def progress_bar(iterable: Any = None, *, total: int | None = None, desc: str | None = None, unit: str = "it",
-                 progress: bool | None = None, leave: bool = False, **kwargs: Any):
+                 progress: bool | None = None, leave: bool = False, **kwargs: Any) -> Any:
     """A ``tqdm`` bar (disabled when progress is off)."""
     from tqdm.auto import tqdm
 

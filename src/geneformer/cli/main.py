@@ -36,6 +36,7 @@ _register_all()
 
 
 def main() -> None:
+    """Run the ``geneformer`` command."""
     app()
 
 

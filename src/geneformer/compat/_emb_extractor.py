@@ -227,7 +227,7 @@ def get_embs(
     silent: bool = False,
     save_tdigest: bool = False,
     tdigest_path: str | os.PathLike | None = None,
-):
+) -> Any:
     """Reference-compatible core forward helper (also used by perturbation code).
 
     ``layer_to_quant`` indexes ``hidden_states`` (``n_layers + emb_layer``). Returns a (N, H) tensor in

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 
-def load_dataset_folder(path: str | os.PathLike):
+def load_dataset_folder(path: str | os.PathLike) -> Any:
     """``datasets.load_from_disk`` (memory-mapped) with clear errors; a Dataset or a DatasetDict."""
     import datasets
 

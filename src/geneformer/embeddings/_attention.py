@@ -50,7 +50,7 @@ def get_attentions(
     layers: int | Sequence[int] = -1,
     batch_size: int | None = 4,
     device: Any = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[CellAttention]:
     """Attention weights of ``cells`` (row numbers; default all) at ``layers`` (0-based, -1 = last).
 
@@ -85,7 +85,7 @@ def attention_network(
     exclude_special: bool = True,
     batch_size: int | None = 4,
     device: Any = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Gene-by-gene attention summary usable as a directed network.
 

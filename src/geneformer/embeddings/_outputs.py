@@ -1,6 +1,6 @@
 """Writing embeddings: AnnData (obsm/varm/uns), parquet, the reference's CSV layout, torch tensors.
 
-Every file is written under a temporary name and renamed when complete.
+Every file is written under a temporary name and renamed when complete (``_utils._atomic``).
 """
 
 from __future__ import annotations
@@ -12,18 +12,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .._utils import _atomic
+
 OBSM_KEY = "X_geneformer"
 GENE_KEY = "X_geneformer"
 UNS_GENE_KEY = "geneformer_gene_embeddings"
-
-
-def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-
-
-def _finish(tmp: Path, path: Path) -> Path:
-    os.replace(tmp, path)
-    return path
 
 
 def embedding_frame(embs: np.ndarray, labels: Mapping[str, Sequence] | pd.DataFrame | None = None,
@@ -38,46 +31,31 @@ def embedding_frame(embs: np.ndarray, labels: Mapping[str, Sequence] | pd.DataFr
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """CSV with the index, as the reference writes ``{prefix}.csv``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
-    df.to_csv(tmp)
-    return _finish(tmp, path)
+    """CSV with the index, as the reference writes ``{prefix}.csv`` (atomically)."""
+    return _atomic.write_csv(path, df)
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Parquet (column names become strings, the index is kept)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Parquet (column names become strings, the index is kept), atomically."""
     out = df.copy()
     out.columns = [str(c) for c in out.columns]
-    tmp = _tmp_for(path)
-    out.to_parquet(tmp)
-    return _finish(tmp, path)
+    return _atomic.write_parquet(path, out)
 
 
 def write_tensor(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` of a tensor or a dict of tensors (CPU)."""
+    """``torch.save`` of a tensor or a dict of tensors (CPU), atomically."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(obj, np.ndarray):
         obj = torch.from_numpy(obj)
     elif isinstance(obj, pd.DataFrame):
         obj = torch.from_numpy(obj.select_dtypes("number").to_numpy(np.float32))
-    tmp = _tmp_for(path)
-    torch.save(obj, tmp)
-    return _finish(tmp, path)
+    return _atomic.write_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_h5ad(adata: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
-    adata.write_h5ad(tmp)
-    return _finish(tmp, path)
+    """``adata.write_h5ad``, atomically."""
+    return _atomic.write_with(path, adata.write_h5ad)
 
 
 def add_cell_embeddings(adata: Any, embs: np.ndarray, key: str = OBSM_KEY,

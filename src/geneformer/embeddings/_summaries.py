@@ -17,6 +17,7 @@ from .._utils import write_pickle
 
 
 def check_summary_stat(stat: str | None) -> str | None:
+    """``stat`` when it is a known summary (None, "mean", "median", "exact_mean", "exact_median")."""
     if stat not in SUMMARY_STATS:
         raise ValueError(f"summary_stat must be one of {SUMMARY_STATS}, got {stat!r}.")
     return stat

@@ -41,7 +41,7 @@ def check_quantization_available() -> None:
             CPU_QUANT_MESSAGE + " (bitsandbytes is not installed: pip install bitsandbytes)") from exc
 
 
-def bnb_config(bits: int = 4):
+def bnb_config(bits: int = 4) -> Any:
     """The reference's BitsAndBytesConfig: 4-bit NF4 + double quantization + bf16 compute, or 8-bit."""
     from transformers import BitsAndBytesConfig
 
@@ -60,7 +60,7 @@ def head_modules(kind: str) -> list[str]:
 
 
 def lora_config(kind: str = "cell_classifier", *, r: int = 64, lora_alpha: int = 128, lora_dropout: float = 0.1,
-                target_modules: tuple[str, ...] = ("query", "value"), **kwargs: Any):
+                target_modules: tuple[str, ...] = ("query", "value"), **kwargs: Any) -> Any:
     """LoraConfig for a cell (SEQ_CLS) or gene (TOKEN_CLS) classifier; the head is in modules_to_save."""
     from peft import LoraConfig, TaskType
 
@@ -70,7 +70,7 @@ def lora_config(kind: str = "cell_classifier", *, r: int = 64, lora_alpha: int =
                       target_modules=list(target_modules), **kwargs)
 
 
-def as_lora_config(spec: Any, kind: str):
+def as_lora_config(spec: Any, kind: str) -> Any:
     """``True`` → defaults; a dict → LoraConfig keyword overrides; a LoraConfig → itself (head ensured)."""
     from peft import LoraConfig
 

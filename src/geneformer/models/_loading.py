@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._utils import ModelLoadError, check_emb_layer, hub_offline, resolve_device, resolve_dtype, write_json
+from ._attention import ATTN_IMPLEMENTATION as CPU_ATTENTION
+from ._attention import register_cpu_attention
 from ._zoo import LEGACY_NOTE, MODEL_ZOO, ModelSpec, get_spec, vocab_version_for_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,7 +173,8 @@ def load_model(
         device: "cpu", "cuda", a torch.device, or None for ``settings.device``. A ``device_map``
             keyword (quantized loading) places the weights instead.
         dtype: weights dtype ("fp32", "bf16", "fp16"); None keeps the checkpoint's float32.
-        attn_implementation: "sdpa" (default, fast) or "eager".
+        attn_implementation: "sdpa" (default, fast), "eager", or "geneformer_cpu" (the package's CPU
+            attention kernels for layers that run their own forward, e.g. LoRA-wrapped ones).
         eval_mode: put the model in eval mode (dropout off).
         model_class: any ``PreTrainedModel`` class to load instead of the kind's BERT class.
         base_model: for a LoRA adapter folder, the base model (default: the one the folder records).
@@ -191,6 +194,8 @@ def load_model(
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     cls = model_class or _model_class(kind)
+    if attn_implementation == CPU_ATTENTION:
+        register_cpu_attention()
     try:
         model = cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
     except (ValueError, ImportError) as exc:

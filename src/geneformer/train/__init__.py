@@ -6,9 +6,11 @@ from .._utils import ClassifierDataError, CorpusError
 from ..models import GeneformerForMaskedLM, GeneformerMultiTask, load_finetuned, quantize_dynamic_int8
 from ._architectures import ARCHITECTURES, architecture_config, load_config
 from ._collators import DataCollatorForCellClassification, DataCollatorForGeneClassification, DataCollatorForMaskedGenes
+from ._corpus import add_length_column, check_corpus
 from ._dropout_attention import use_fused_attention_dropout
 from ._finetune import FinetuneResult, finetune, predict
-from ._pretraining import MaskedGeneTrainer, PretrainResult, add_length_column, check_corpus, config_file, pretrain
+from ._masked_trainer import MaskedGeneTrainer
+from ._pretraining import PretrainResult, config_file, pretrain
 from ._sampler import LengthGroupedSampler
 
 __all__ = [

@@ -16,7 +16,6 @@ Multi-GPU / multi-node: run the same script or ``geneformer pretrain`` under ``t
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import warnings
@@ -27,18 +26,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from transformers import BertConfig, Trainer, TrainerCallback
+from transformers import BertConfig, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from .._constants import IGNORE_INDEX
-from .._utils import CorpusError
-from ..data import load_dataset_folder
 from ..models import GeneformerForMaskedLM, load_model
 from ..vocab import GeneVocab, as_vocab
 from ._architectures import load_config, preset_vocab_version
 from ._collators import DataCollatorForMaskedGenes
-from ._dropout_attention import use_fused_attention_dropout
-from ._sampler import LengthGroupedSampler
+from ._corpus import check_corpus, load_corpus
+from ._masked_trainer import MaskedGeneTrainer
 from ._trainer import training_arguments
 
 logger = logging.getLogger(__name__)
@@ -57,234 +53,6 @@ def config_file(name: str) -> Path:
         available = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
         raise FileNotFoundError(f"No shipped config {name!r}; available: {', '.join(available)}.")
     return path
-
-
-# ------------------------------------------------------------------------------------------------
-# Dataset helpers
-# ------------------------------------------------------------------------------------------------
-def column_array(dataset, column: str) -> np.ndarray:
-    """One scalar column as a numpy array, read through Arrow without loading other columns."""
-    return np.asarray(dataset.with_format("numpy", columns=[column])[:][column])
-
-
-def add_length_column(dataset, num_proc: int | None = None):
-    """Return ``dataset`` with a ``length`` column (number of tokens of each cell)."""
-    kwargs: dict[str, Any] = {"batched": True, "num_proc": num_proc}
-    if not _cache_writable(dataset):
-        kwargs["keep_in_memory"] = True
-    return dataset.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, **kwargs)
-
-
-def _cache_writable(dataset) -> bool:
-    files = getattr(dataset, "cache_files", None) or []
-    return all(os.access(Path(f["filename"]).parent, os.W_OK) for f in files)
-
-
-def load_corpus(data, *, compute_length: bool = False):
-    """Open a tokenized corpus: a path (``load_from_disk``, memory-mapped), a ``Dataset`` or a
-    ``DatasetDict``. Returns ``(train, eval_or_None)``."""
-    import datasets
-
-    if isinstance(data, (str, os.PathLike)):
-        data = load_dataset_folder(data)
-    eval_ds = None
-    if isinstance(data, datasets.DatasetDict):
-        if "train" not in data:
-            raise ValueError(f"The DatasetDict has splits {list(data)}; it needs a 'train' split.")
-        eval_ds = next((data[k] for k in ("validation", "test", "eval") if k in data), None)
-        data = data["train"]
-    if not isinstance(data, datasets.Dataset):
-        raise TypeError(f"Expected a dataset path, Dataset or DatasetDict, got {type(data).__name__}.")
-    out = []
-    for ds in (data, eval_ds):
-        if ds is None:
-            out.append(None)
-            continue
-        if "input_ids" not in ds.column_names:
-            raise ValueError(f"The dataset has no 'input_ids' column (columns: {ds.column_names}).")
-        if "length" not in ds.column_names:
-            if not compute_length:
-                raise ValueError(
-                    "The dataset has no 'length' column, which length-grouped batching needs. Add it with "
-                    "geneformer.train.add_length_column(dataset) (or pass compute_length=True / --compute-length)."
-                )
-            ds = add_length_column(ds)
-        out.append(ds)
-    if len(out[0]) == 0:
-        raise ValueError("The training dataset is empty.")
-    return out[0], out[1]
-
-
-def check_corpus(dataset, *, vocab_size: int, has_cls_eos: bool, cls_id: int | None, eos_id: int | None,
-                 max_positions: int, n_check: int = 2000, seed: int = 0, what: str = "corpus") -> None:
-    """Fail early and clearly when a corpus cannot feed the model.
-
-    Checks every cell's ``length`` against ``max_positions``, and on up to ``n_check`` random
-    cells: token ids below ``vocab_size``, ``length`` equal to the number of tokens, and the
-    presence of ``<cls>``/``<eos>`` matching the vocabulary (V2 corpora start with ``<cls>`` and
-    end with ``<eos>``; V1 corpora have neither).
-    """
-    lengths = column_array(dataset, "length")
-    if lengths.size and int(lengths.max()) > max_positions:
-        n_long = int((lengths > max_positions).sum())
-        raise CorpusError(
-            f"{n_long} cells of the {what} are longer than the model's max_position_embeddings "
-            f"({int(lengths.max())} > {max_positions} tokens). Tokenize with model_input_size={max_positions} "
-            "or choose an architecture with more positions."
-        )
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(dataset), size=min(n_check, len(dataset)), replace=False))
-    sample = dataset.select(idx, keep_in_memory=True)["input_ids"]
-    max_id, starts_cls, ends_eos = -1, 0, 0
-    for i, ids in zip(idx, sample):
-        ids = np.asarray(ids)
-        if len(ids) != lengths[i]:
-            raise CorpusError(
-                f"Cell {int(i)} of the {what} has {len(ids)} tokens but its 'length' says {int(lengths[i])}; "
-                "recompute the column with geneformer.train.add_length_column."
-            )
-        if len(ids):
-            max_id = max(max_id, int(ids.max()))
-            starts_cls += int(ids[0] == (cls_id if cls_id is not None else 2))
-            ends_eos += int(ids[-1] == (eos_id if eos_id is not None else 3))
-    if max_id >= vocab_size:
-        raise CorpusError(
-            f"The {what} holds token id {max_id} but the model's vocabulary has {vocab_size} tokens: it was "
-            "tokenized with another gene vocabulary. Use the matching vocabulary/model (V1 vs V2) or re-tokenize."
-        )
-    n = len(sample)
-    with_specials = starts_cls == n and ends_eos == n
-    if has_cls_eos and not with_specials:
-        raise CorpusError(
-            f"The model's vocabulary uses <cls>/<eos> (V2) but {n - min(starts_cls, ends_eos)} of {n} sampled cells "
-            f"of the {what} do not start with <cls> and end with <eos>: the corpus was tokenized for V1 or "
-            "without special tokens. Re-tokenize with the V2 vocabulary (special_token=True) or use a V1 model."
-        )
-    if not has_cls_eos and n and starts_cls >= 0.9 * n and ends_eos >= 0.9 * n:
-        raise CorpusError(
-            f"The model's vocabulary has no <cls>/<eos> (V1) but the {what} cells start with token 2 and end with "
-            "token 3, as V2 corpora tokenized with <cls>/<eos> do. Use a V2 model/vocabulary or re-tokenize for V1."
-        )
-
-
-# ------------------------------------------------------------------------------------------------
-# Trainer
-# ------------------------------------------------------------------------------------------------
-class _CollatorEpochCallback(TrainerCallback):
-    """Tells the masking collator which epoch starts, so cells get new masks every epoch."""
-
-    def __init__(self, collator: DataCollatorForMaskedGenes) -> None:
-        self.collator = collator
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.collator.set_epoch(int(math.floor(state.epoch or 0.0)))
-
-
-def masked_gene_metrics(eval_pred) -> dict[str, float]:
-    """``compute_metrics`` for :class:`MaskedGeneTrainer`: accuracy over masked genes."""
-    stats = np.asarray(eval_pred.predictions, dtype=np.float64).reshape(-1, 3)
-    total = stats[:, 1].sum()
-    return {
-        "masked_accuracy": float(stats[:, 0].sum() / total) if total else float("nan"),
-        "masked_gene_loss": float(stats[:, 2].sum() / total) if total else float("nan"),
-        "masked_genes": float(total),
-    }
-
-
-class MaskedGeneTrainer(Trainer):
-    """``Trainer`` for masked-gene modelling.
-
-    ``lengths``: the training cells' lengths for length grouping (default: the dataset's ``length``
-    column, else the cells are measured). With length grouping on (``group_by_length=True`` on
-    transformers 4, ``train_sampling_strategy="group_by_length"`` on 5) the sampler is a seeded
-    :class:`LengthGroupedSampler`. Evaluation reports ``eval_masked_accuracy`` and
-    ``eval_masked_gene_loss`` on fixed masks.
-
-    ``fused_attention_dropout`` (default True): a model on ``sdpa`` attention trains with
-    :mod:`._dropout_attention`, exact attention dropout at the speed of PyTorch's fused CPU kernel
-    (plain ``sdpa`` falls back to a ~3x slower path on CPU when attention dropout is on; GPUs
-    and evaluation are unaffected). Saved checkpoints stay plain BERT.
-    """
-
-    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
-                 *rest, lengths: Sequence[int] | np.ndarray | None = None, fused_attention_dropout: bool = True,
-                 **kwargs: Any) -> None:
-        if kwargs.get("compute_metrics") is None and isinstance(data_collator, DataCollatorForMaskedGenes):
-            kwargs["compute_metrics"] = masked_gene_metrics
-        if model is not None:
-            use_fused_attention_dropout(model, fused_attention_dropout)
-        super().__init__(model, args, data_collator, train_dataset, eval_dataset, *rest, **kwargs)
-        self._example_lengths = None
-        if lengths is not None:
-            self._example_lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-            if train_dataset is not None and len(self._example_lengths) != len(train_dataset):
-                raise ValueError(
-                    f"{len(self._example_lengths)} cell lengths were given but the training dataset has "
-                    f"{len(train_dataset)} cells."
-                )
-        if isinstance(self.data_collator, DataCollatorForMaskedGenes):
-            self.add_callback(_CollatorEpochCallback(self.data_collator))
-
-    # ---- sampling ----------------------------------------------------------------------------
-    def _group_by_length(self) -> bool:
-        return bool(getattr(self.args, "group_by_length", False)) or (
-            getattr(self.args, "train_sampling_strategy", None) == "group_by_length"
-        )
-
-    def _lengths(self, dataset) -> np.ndarray:
-        col = getattr(self.args, "length_column_name", "length")
-        if col in getattr(dataset, "column_names", ()):
-            return column_array(dataset, col)
-        logger.warning("No %r column: measuring every cell for length grouping (slow on large corpora).", col)
-        return np.asarray([len(x["input_ids"]) for x in dataset], dtype=np.int64)
-
-    def _get_train_sampler(self, *args: Any, **kwargs: Any):
-        ds = self.train_dataset
-        if not self._group_by_length() or ds is None or not hasattr(ds, "__len__"):
-            return super()._get_train_sampler(*args, **kwargs)
-        # self.train_dataset still has the length column the Trainer strips before sampling
-        lengths = self._example_lengths if self._example_lengths is not None else self._lengths(ds)
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return LengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    seed=seed)
-
-    def _get_eval_sampler(self, eval_dataset):
-        source = self.eval_dataset if self.eval_dataset is not None and len(self.eval_dataset) == len(eval_dataset) \
-            else eval_dataset
-        if not hasattr(source, "column_names") or "length" not in source.column_names:
-            return super()._get_eval_sampler(eval_dataset)
-        # longest first: little padding, deterministic order
-        return np.argsort(-column_array(source, "length"), kind="stable").tolist()
-
-    # ---- evaluation ----------------------------------------------------------------------------
-    def get_eval_dataloader(self, eval_dataset=None):
-        collator = self.data_collator
-        if isinstance(collator, DataCollatorForMaskedGenes):
-            self.data_collator = collator.for_evaluation()  # the same masks at every evaluation
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = collator
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        labels = inputs.get("labels")
-        if labels is None or not isinstance(self.data_collator, DataCollatorForMaskedGenes):
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        inputs = self._prepare_inputs(inputs)
-        labels = inputs["labels"]
-        with torch.no_grad():
-            with self.compute_loss_context_manager():
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[1]
-        selected = labels != IGNORE_INDEX
-        if logits.dim() == 3:
-            logits = logits[selected]
-        total = selected.sum()
-        correct = (logits.argmax(-1) == labels[selected]).sum()
-        loss = loss.detach().float()
-        stats = torch.stack([correct.float(), total.float(), loss * total.float()]).reshape(1, 3)
-        # the per-batch statistics travel as "predictions"; labels as their counts (tiny)
-        return loss, stats, total.reshape(1, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,7 +113,7 @@ def _report_to(report_to: str | Sequence[str]) -> list[str] | str:
 
 
 def pretrain(
-    dataset,
+    dataset: Any,
     output_dir: str | os.PathLike,
     *,
     config: str | os.PathLike | BertConfig | dict | None = None,
