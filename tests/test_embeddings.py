@@ -455,3 +455,16 @@ def test_embed_cli(golden_dir, small, tmp_path):
     res = runner.invoke(app, ["embed", str(folder), "--model", str(golden_dir / "models" / "mini-V2"),
                               "--output", str(tmp_path / "y.csv"), "-q"])
     assert res.exit_code == 2
+
+
+def test_model_card_accelerator_places_the_model(golden_dir, small):
+    """accelerator=True places the model with accelerate (the CPU here) and gives the same embeddings."""
+    from geneformer.api import Geneformer, GeneformerConfig
+
+    path = str(golden_dir / "models" / "mini-V1")
+    plain = Geneformer(GeneformerConfig(model_name=path, batch_size=8, device="cpu"))
+    accel = Geneformer(GeneformerConfig(model_name=path, batch_size=8, accelerator=True))
+    assert accel.device.type == "cpu" and next(accel.model.parameters()).device.type == "cpu"
+    np.testing.assert_array_equal(accel.get_embeddings(small), plain.get_embeddings(small))
+    with pytest.raises(ValueError, match="emb_layer"):
+        GeneformerConfig(model_name=path, emb_layer=1)

@@ -38,8 +38,9 @@ class Geneformer:
     def __init__(self, config: GeneformerConfig | None = None, *, model: Any = None):
         self.config = config or GeneformerConfig()
         cfg = self.config
+        self.device = cfg.resolved_device()
         self.model = model if model is not None else load_model(
-            cfg.model_name, kind="pretrained", vocab=cfg.vocab, device=cfg.device, dtype=None
+            cfg.model_name, kind="pretrained", vocab=cfg.vocab, device=self.device, dtype=None
         )
         if model is not None and cfg.vocab is not None:
             from ..models import check_vocab_matches
@@ -171,7 +172,7 @@ class Geneformer:
         if output_attentions:
             from ..embeddings import get_attentions
 
-            return emb, get_attentions(self.model, dataset, layers=-1, device=self.config.device)
+            return emb, get_attentions(self.model, dataset, layers=-1, device=self.device)
         return emb
 
     def _embed_dataset(self, dataset: Any, mode: str, emb_layer: int, batch_size: Any = "config",
@@ -183,10 +184,10 @@ class Geneformer:
         vocab = self.config.vocab or self.vocab_version
         if mode == "gene":
             ge = gene_embeddings(self.model, dataset, emb_layer=emb_layer, vocab=vocab, batch_size=bs,
-                                 device=self.config.device, amp_dtype=amp)
+                                 device=self.device, amp_dtype=amp)
             return ge.to_frame(vocab, self.model)
         return cell_embeddings(self.model, dataset, mode=mode, emb_layer=emb_layer, vocab=vocab, batch_size=bs,
-                               device=self.config.device, amp_dtype=amp)
+                               device=self.device, amp_dtype=amp)
 
     def embed(self, data: Any, *, mode: str | None = None, emb_layer: int | None = None, key: str = OBSM_KEY,
               batch_size: Any = "config", dtype: Any = "config", genes: bool = False, dataset: Any = None):
@@ -231,7 +232,7 @@ class Geneformer:
         """In silico perturbation with this model; see :func:`geneformer.perturb.perturb` (tidy DataFrame)."""
         from ..perturb import perturb
 
-        kwargs.setdefault("device", self.config.device)
+        kwargs.setdefault("device", self.device)
         kwargs.setdefault("dtype", self.config.dtype)
         kwargs.setdefault("emb_layer", self.config.emb_layer)
         return perturb(data, self.model, genes, perturb_type, model_version=self.vocab_version, **kwargs)
