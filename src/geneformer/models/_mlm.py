@@ -19,6 +19,7 @@ from transformers import BertForMaskedLM
 from transformers.modeling_outputs import MaskedLMOutput
 
 from .._constants import IGNORE_INDEX
+from .._utils import write_text
 
 
 class GeneformerForMaskedLM(BertForMaskedLM):
@@ -95,9 +96,7 @@ class GeneformerForMaskedLM(BertForMaskedLM):
             data = json.loads(cfg_path.read_text())
             if data.get("architectures") != ["BertForMaskedLM"]:
                 data["architectures"] = ["BertForMaskedLM"]
-                tmp = cfg_path.with_name(f".config.json.tmp-{os.getpid()}")
-                tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-                os.replace(tmp, cfg_path)
+                write_text(cfg_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
         return result
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 from transformers import BertConfig, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..models import GeneformerForMaskedLM, load_model
+from .._utils import bf16_supported, trainer_device_args
+from ..models import GeneformerForMaskedLM, load_model, vocab_version_for_size
 from ..vocab import GeneVocab, as_vocab
 from ._architectures import load_config, preset_vocab_version
 from ._collators import DataCollatorForMaskedGenes
@@ -40,7 +40,6 @@ from ._trainer import training_arguments
 logger = logging.getLogger(__name__)
 
 #: Vocabulary sizes of the published vocabularies, to recognise the vocabulary of a checkpoint.
-_PUBLISHED_SIZES = {25426: "V1", 20275: "V2"}
 #: Default architecture per vocabulary version.
 _DEFAULT_ARCH = {"V1": "gf-6L-30M-i2048", "V2": "gf-12L-95M-i4096"}
 FINAL_MODEL_DIR = "model"
@@ -92,7 +91,7 @@ def _checkpoint_vocab(folder: Path, cfg: BertConfig, vocab) -> GeneVocab:
         return v
     if (folder / "vocab").is_dir():
         return GeneVocab.from_dir(folder / "vocab")
-    version = getattr(cfg, "geneformer_vocab", None) or _PUBLISHED_SIZES.get(cfg.vocab_size)
+    version = getattr(cfg, "geneformer_vocab", None) or vocab_version_for_size(cfg.vocab_size)
     if version not in ("V1", "V2"):
         raise ValueError(
             f"Cannot tell which gene vocabulary the checkpoint {folder} uses (vocab_size {cfg.vocab_size}); "
@@ -222,7 +221,7 @@ def pretrain(
             raise ValueError("deepspeed= needs the deepspeed package (pip install deepspeed).") from exc
         deepspeed = str(config_file("deepspeed_zero2.json")) if str(deepspeed) == "zero2" else str(deepspeed)
     if bf16 is None:
-        bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        bf16 = bf16_supported()
     resume = resume_from_checkpoint
     if resume is True:
         resume = get_last_checkpoint(str(output_dir))
@@ -237,7 +236,6 @@ def pretrain(
         if get_last_checkpoint(str(output_dir)) is not None:
             logger.warning("%s already holds checkpoints; they may be overwritten (pass --resume to continue).",
                            output_dir)
-    distributed_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     args_kw: dict[str, Any] = dict(
         output_dir=str(output_dir),
         max_steps=max_steps if max_steps else -1,
@@ -261,11 +259,9 @@ def pretrain(
         eval_steps=eval_steps or save_steps,
         length_column_name="length",
         dataloader_num_workers=dataloader_num_workers,
-        dataloader_pin_memory=torch.cuda.is_available(),
         report_to=_report_to(report_to),
         disable_tqdm=disable_tqdm,
-        ddp_backend="gloo" if distributed_cpu else None,
-        use_cpu=distributed_cpu or not torch.cuda.is_available(),
+        **trainer_device_args(),
         ddp_find_unused_parameters=False,
     )
     warmup_value = args_kw.pop("warmup")
