@@ -109,3 +109,11 @@ def test_column_map_equals_remapped_matrix(use_numpy):
     a = rank_value_encode(sp.csr_matrix(dense), n, med, tok, 6, 2, 3, column_map=column_map, use_numpy=use_numpy)
     b = rank_value_encode(sp.csr_matrix(mapped), n, med, tok, 6, 2, 3)
     assert (a.values == b.values).all() and (a.offsets == b.offsets).all()
+
+
+def test_take_keeps_counts_aligned():
+    enc = _encode([[1, 3, 0], [0, 0, 0], [2, 0, 5]], [1.0, 1.0, 1.0], [10, 11, 12], keep_counts=True, special=True,
+                  n_counts=[4, 1, 7])
+    sub = enc.take([2, 0])
+    assert sub.row(0).tolist() == enc.row(2).tolist() and sub.row(1).tolist() == enc.row(0).tolist()
+    np.testing.assert_array_equal(sub.counts, np.concatenate([enc.counts[enc.offsets[2]:], enc.counts[:enc.offsets[1]]]))
