@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Iterable, Sequence
 
-from .._constants import MODEL_INPUT_SIZE, USES_SPECIAL_TOKENS, FileFormat
+from .._constants import MODEL_INPUT_SIZE, USES_SPECIAL_TOKENS, VERSIONS, FileFormat
 from .._utils import check_model_version, check_positive_int
 from ..tokenization import (
     FileReport,
@@ -21,6 +21,9 @@ from ..tokenization import (
 from ..vocab import GeneVocab
 
 logger = logging.getLogger(__name__)
+
+#: (model_input_size, special_token) of each version; other values with model_version="V1" are overridden
+_VERSION_DEFAULTS = {(MODEL_INPUT_SIZE[v], USES_SPECIAL_TOKENS[v]) for v in VERSIONS}
 
 
 class TranscriptomeTokenizer:
@@ -37,7 +40,7 @@ class TranscriptomeTokenizer:
         custom_attr_name_dict: dict[str, str] | None = None,
         nproc: int = 1,
         chunk_size: int = 512,
-        model_input_size: int = 4096,
+        model_input_size: int = MODEL_INPUT_SIZE["V2"],
         special_token: bool = True,
         collapse_gene_ids: bool = True,
         use_h5ad_index: bool = False,
@@ -54,7 +57,7 @@ class TranscriptomeTokenizer:
     ):
         model_version = check_model_version(model_version)
         if model_version == "V1":
-            if (model_input_size, special_token) != (2048, False) and (model_input_size, special_token) != (4096, True):
+            if (model_input_size, special_token) not in _VERSION_DEFAULTS:
                 logger.info("model_version='V1': using model_input_size=2048 and no special tokens.")
             model_input_size, special_token = MODEL_INPUT_SIZE["V1"], USES_SPECIAL_TOKENS["V1"]
             if any(f is not None for f in (gene_median_file, token_dictionary_file, gene_mapping_file)):

@@ -29,18 +29,6 @@ logger = logging.getLogger(__name__)
 #: A gene filter: gene ids to keep, or a function of the gene table returning a boolean mask.
 GeneFilter = Union[Iterable[str], Callable[[pd.DataFrame], Any], None]
 
-_DOCS = dict(
-    file_format=doc_file_format, nproc=doc_nproc, progress=doc_progress,
-    inputs="""inputs: a path or AnnData, or a list of them.""",
-    gene_id_column="""gene_id_column: the gene table column of gene ids (falling back to the gene index).""",
-    exact="""exact: True for exact medians (every value kept), False for t-digests, None (default) for
-            exact while fewer than ``exact_limit`` values are held.""",
-    chunk_size="""chunk_size: cells read at a time.""",
-    gene_filter="""gene_filter: None (all genes), gene ids to keep, or a function of the gene table returning a
-            boolean mask (e.g. ``lambda var: var.gene_type.isin(["protein_coding", "miRNA"])``); with
-            ``nproc > 1`` it must be picklable (a list, or a module-level function).""",
-)
-
 
 @dataclass
 class _Prepared:
@@ -137,7 +125,7 @@ def _names(readers: list[CellReader], most: int = 3) -> str:
     return "the gene medians of " + ", ".join(names[:most]) + more
 
 
-@doc_params(**_DOCS)
+@doc_params(file_format=doc_file_format, nproc=doc_nproc, progress=doc_progress)
 def compute_gene_digests(
     inputs,
     *,
@@ -158,13 +146,16 @@ def compute_gene_digests(
     Exact medians do not depend on ``nproc``; t-digest estimates depend only on the inputs and ``nproc``.
 
     Args:
-        {inputs}
+        inputs: a path or AnnData, or a list of them.
         {file_format}
-        {gene_id_column}
-        {exact}
-        {chunk_size}
+        gene_id_column: the gene table column of gene ids (falling back to the gene index).
+        exact: True for exact medians (every value kept), False for t-digests, None (default) for
+            exact while fewer than ``exact_limit`` values are held.
+        chunk_size: cells read at a time.
         {nproc}
-        {gene_filter}
+        gene_filter: None (all genes), gene ids to keep, or a function of the gene table returning a
+            boolean mask (e.g. ``lambda var: var.gene_type.isin(["protein_coding", "miRNA"])``); with
+            ``nproc > 1`` it must be picklable (a list, or a module-level function).
         symbol_column: gene table column of symbols, recorded for the vocabulary's symbol map.
         exact_limit, max_centroids: see :class:`GeneDigests`.
         {progress}
@@ -212,39 +203,19 @@ def compute_gene_digests(
     return total
 
 
-@doc_params(**_DOCS)
-def estimate_gene_medians(
-    inputs,
-    *,
-    file_format: FileFormat | None = None,
-    gene_id_column: str | None = "ensembl_id",
-    exact: bool | None = None,
-    chunk_size: int = 2048,
-    nproc: int | None = None,
-    gene_filter: GeneFilter = None,
-    return_counts: bool = False,
-    progress: bool | None = None,
-    **digest_options,
-) -> dict[str, float] | tuple[dict[str, float], dict[str, int]]:
+def estimate_gene_medians(inputs, *, return_counts: bool = False, **options: Any
+                          ) -> dict[str, float] | tuple[dict[str, float], dict[str, int]]:
     """Non-zero median of ``count / n_counts * 10,000`` per gene over all inputs.
 
     ``n_counts`` comes from the cell table when present, else it is the cell's total over all
     genes; cells with ``filter_pass`` other than 1 are skipped when that column exists.
 
     Args:
-        {inputs}
-        {file_format}
-        {gene_id_column}
-        {exact}
-        {chunk_size}
-        {nproc}
-        {gene_filter}
+        inputs: a path or AnnData, or a list of them.
         return_counts: also return the number of cells in which each gene was detected.
-        {progress}
-        digest_options: further options of :func:`compute_gene_digests`.
+        options: the options of :func:`compute_gene_digests` (``file_format``, ``gene_id_column``, ``exact``,
+            ``chunk_size``, ``nproc``, ``gene_filter``, ``progress``, ...).
     """
-    digests = compute_gene_digests(inputs, file_format=file_format, gene_id_column=gene_id_column, exact=exact,
-                                   chunk_size=chunk_size, nproc=nproc, gene_filter=gene_filter,
-                                   progress=progress, **digest_options)
+    digests = compute_gene_digests(inputs, **options)
     medians = digests.medians()
     return (medians, digests.counts()) if return_counts else medians
