@@ -22,7 +22,7 @@ from .._settings import settings as _gf_settings
 from .._utils import check_positive_int, doc_params, ordered_map, progress_bar
 from ..io import CellReader, open_reader
 from ..vocab import GeneVocab
-from ._chunks import encode_range, prepare_file, row_ranges, worker_init, worker_task
+from ._chunks import FileJob, encode_range, prepare_file, row_ranges, worker_init, worker_task
 from ._options import DOCS, ChunkStats, FileReport, TokenizerSettings, tokenizer_settings
 from ._writer import write_dataset
 
@@ -33,7 +33,7 @@ def _nproc(nproc: int | None) -> int:
     return _gf_settings.n_jobs if nproc is None else check_positive_int("nproc", nproc)
 
 
-def _encode_file(reader: CellReader, job, settings: TokenizerSettings, nproc: int
+def _encode_file(reader: CellReader, job: FileJob, settings: TokenizerSettings, nproc: int
                  ) -> Iterator[tuple[list[pa.RecordBatch], ChunkStats, int]]:
     bounds = row_ranges(reader.n_cells, settings)
     if nproc > 1 and len(bounds) > 1 and job.reader_args is not None:
