@@ -17,8 +17,8 @@ import _isolate  # noqa: F401  (first: keeps benchmarks/ off sys.path; see _isol
 import os  # noqa: E402
 import sys  # noqa: E402
 import argparse  # noqa: E402
-import multiprocessing as mp  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -74,11 +74,16 @@ def make_h5ad(path: Path, n_cells: int, seed: int = 0, chunk: int = 2_000) -> No
     os.replace(tmp, path)
 
 
-def _tokenize(path: str, out: str, nproc: int) -> None:
-    from geneformer.tokenization import tokenize_files
+# run in a fresh interpreter (not a multiprocessing child, which would re-run this script and fail
+# to import _isolate once benchmarks/ is off the path)
+_TOKENIZE = """
+import sys
+from geneformer.tokenization import tokenize_files
 
-    tokenize_files([path], out, "V2", nproc=nproc, custom_attr_name_dict={"cell_id": "cell_id"},
-                   overwrite=True, progress=False)
+path, out, nproc = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tokenize_files([path], out, "V2", nproc=nproc, custom_attr_name_dict={"cell_id": "cell_id"},
+               overwrite=True, progress=False)
+"""
 
 
 def _tree_rss(pid: int) -> int:
@@ -102,17 +107,16 @@ def _tree_rss(pid: int) -> int:
 
 def run(path: Path, nproc: int) -> tuple[float, float]:
     out = OUT / (path.stem + ".dataset")
-    ctx = mp.get_context("spawn")  # a clean child: its RSS is the tokenizer's alone
-    proc = ctx.Process(target=_tokenize, args=(str(path), str(out), nproc))
     peak = 0
     t0 = time.perf_counter()
-    proc.start()
-    while proc.is_alive():
+    # a clean child: its memory is the tokenizer's alone
+    proc = subprocess.Popen([sys.executable, "-P", "-c", _TOKENIZE, str(path), str(out), str(nproc)])
+    while proc.poll() is None:
         peak = max(peak, _tree_rss(proc.pid))
         time.sleep(0.05)
     elapsed = time.perf_counter() - t0
-    if proc.exitcode != 0:
-        raise SystemExit(f"tokenization failed with exit code {proc.exitcode}")
+    if proc.returncode != 0:
+        raise SystemExit(f"tokenization failed with exit code {proc.returncode}")
     shutil.rmtree(out, ignore_errors=True)
     return elapsed, peak / 2**20
 

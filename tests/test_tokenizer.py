@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
+from contextlib import contextmanager
 
 import anndata as ad
 import datasets
@@ -12,9 +16,11 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
-from geneformer.io import InputFileError
+from geneformer._utils import WorkerError
 from geneformer.compat import TranscriptomeTokenizer
-from geneformer.tokenization import tokenize_anndata, tokenize_files
+from geneformer.io import InputFileError
+from geneformer.tokenization import match_and_tokenize, tokenize_anndata, tokenize_files
+from geneformer.vocab import compute_gene_digests
 
 LABELS = {
     "pbmc3k_raw_seurat_labels": ["cell_type", "cell_id"],
@@ -259,3 +265,63 @@ def test_cli_tokenize(pbmc_small, tmp_path):
     assert res.exit_code == 2 and "already exists" in res.output
     res = runner.invoke(app, ["tokenize", str(tmp_path / "nope.h5ad"), "--output", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+# ---- worker processes --------------------------------------------------------------------------
+@contextmanager
+def _deadline(seconds: int):
+    """Fail instead of hanging: SIGALRM interrupts the wait for a pool that never answers."""
+    def hang(signum, frame):
+        raise TimeoutError(f"no error within {seconds} s: the worker pool hangs")
+
+    before = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
+@pytest.mark.parametrize("stage", ["tokenize", "medians"])
+def test_killed_worker_fails_promptly(stage, pbmc_small, tmp_path, monkeypatch):
+    """A worker killed mid-task (forked workers inherit the patched function) raises WorkerError naming the
+    input, instead of leaving the parent waiting for a result that never comes."""
+    path = tmp_path / "cells.h5ad"
+    pbmc_small.write_h5ad(path)
+    parent = os.getpid()
+
+    def die(*args, **kwargs):
+        if os.getpid() != parent:
+            os._exit(9)
+        raise AssertionError("the parent process ran a worker's task")
+
+    t0 = time.monotonic()
+    with _deadline(120), pytest.raises(WorkerError, match="cells.h5ad"):
+        if stage == "tokenize":
+            monkeypatch.setattr("geneformer.tokenization._chunks.encode_range", die)
+            tokenize_files([path], tmp_path / "o.dataset", "V2", nproc=2, chunk_size=8, progress=False)
+        else:
+            monkeypatch.setattr("geneformer.vocab._corpus._digest_rows", die)
+            compute_gene_digests([path], nproc=2, chunk_size=8, progress=False)
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "o.dataset").exists() and not list(tmp_path.glob(".o.dataset.tmp-*"))
+
+
+# ---- the AnnData entry point of the model-card API ----------------------------------------------
+@pytest.mark.parametrize("gene_names", [None, "index"])
+def test_match_and_tokenize_equals_model_card(gene_names, golden_dir, data_dir):
+    from geneformer.api import Geneformer, GeneformerConfig
+    from geneformer.models import model_input_size
+
+    adata = ad.read_h5ad(data_dir / "kang2018_ifnb_harmony_2k.h5ad")[:60].copy()
+    del adata.obs["n_counts"]  # computed on the fly, and the caller's AnnData stays as it was
+    before = adata.obs.copy()
+    gf = Geneformer(GeneformerConfig(model_name=str(golden_dir / "models" / "mini-V2")))
+    theirs = gf.tokenize(adata, gene_names=gene_names, custom_attr_name_dict={"cell_id": "cell_id"})
+    ours, match = match_and_tokenize(adata, gf.vocab, gene_names=gene_names, custom_attr_name_dict={"cell_id": "cell_id"},
+                                     model_input_size=model_input_size(gf.model), progress=False)
+    assert ours.column_names == theirs.column_names and "_gf_row" in ours.column_names
+    assert ours.to_dict() == theirs.to_dict()
+    assert match == gf.gene_match and match[0] > 0
+    pd.testing.assert_frame_equal(adata.obs, before)

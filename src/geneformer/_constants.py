@@ -56,3 +56,13 @@ ModelKind = Literal["pretrained", "cell_classifier", "gene_classifier"]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 ClassifierKind = Literal["cell", "gene"]
 DtypeName = Literal["fp32", "bf16", "fp16"]
+
+# ---- tokenization and vocabularies -------------------------------------------------------------
+#: Input formats of the readers (``anndata``: an in-memory AnnData).
+FileFormat = Literal["h5ad", "zarr", "anndata", "loom", "10x_h5", "10x_mtx"]
+FILE_FORMATS: tuple[str, ...] = get_args(FileFormat)
+#: How a vocabulary is written: JSON (safe) or published-style pickles.
+VocabFormat = Literal["json", "pickle"]
+VOCAB_FORMATS: tuple[str, ...] = get_args(VocabFormat)
+#: State of a gene-median sketch: every value kept, or a t-digest per gene.
+DigestMode = Literal["exact", "digest"]

@@ -55,3 +55,7 @@ def doc_params(**texts: str) -> Callable[[Any], Any]:
         return obj
 
     return decorate
+
+doc_nproc = """nproc: worker processes (None: ``settings.n_jobs``)."""
+doc_file_format = """file_format: the input format ("h5ad", "zarr", "loom", "10x_h5", "10x_mtx"), or None to
+            tell it from each file name."""

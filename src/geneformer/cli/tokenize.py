@@ -43,13 +43,12 @@ def tokenize(
 ) -> None:
     """Tokenize single-cell files (rank value encoding) into one Hugging Face dataset."""
     from .._utils import InputFileError, VocabularyError, check_model_version
-    from ..tokenization import tokenize_files
+    from ..tokenization import dataset_path, tokenize_files
     from ..vocab import GeneVocab
 
     try:
         v = GeneVocab.from_dir(vocab) if vocab is not None else check_model_version(model_version)
-        name = prefix or Path(inputs[0]).name.split(".")[0]
-        out = output / (name if name.endswith(".dataset") else f"{name}.dataset")
+        out = dataset_path(output, prefix or Path(inputs[0]).name.split(".")[0])
         ds = tokenize_files(
             [str(p) for p in inputs], out, v, file_format=file_format, overwrite=overwrite,
             custom_attr_name_dict=_parse_attrs(attr), nproc=nproc, chunk_size=chunk_size,

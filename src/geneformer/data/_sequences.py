@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Ragged token sequences: what the tokenizer's encoding kernel produces and every model stage reads."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from typing import Any
 import numpy as np
 
 
-# ---- token sequences ----------------------------------------------------------------------------
 @dataclass
 class TokenSequences:
-    """Ragged token sequences as one flat array plus offsets (no per-cell Python objects)."""
+    """Ragged token sequences as one flat array plus offsets (no per-cell Python objects).
+
+    Cell ``i`` is ``values[offsets[i]:offsets[i + 1]]``; ``counts``, when present, holds one value per
+    token (the tokenizer's ``keep_counts``: ``x / n_counts * 10,000``).
+    """
 
     values: np.ndarray  # all tokens, concatenated (int64)
     offsets: np.ndarray  # (N + 1,) start of each cell in ``values``
+    counts: np.ndarray | None = None  # aligned with ``values``
 
     @property
     def lengths(self) -> np.ndarray:
@@ -25,6 +29,15 @@ class TokenSequences:
 
     def row(self, i: int) -> np.ndarray:
         return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    def take(self, rows: np.ndarray) -> "TokenSequences":
+        """The sequences ``rows`` (in that order) as a new flat TokenSequences (vectorised)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lens = self.lengths[rows]
+        offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        starts = self.offsets[:-1][rows]
+        flat = np.repeat(starts - offsets[:-1], lens) + np.arange(int(offsets[-1]))
+        return TokenSequences(self.values[flat], offsets, None if self.counts is None else self.counts[flat])
 
     def first_tokens(self) -> np.ndarray:
         """First token of every cell (-1 for empty cells)."""

@@ -1,10 +1,15 @@
 """Readers for single-cell count files; each yields row chunks of raw counts (see :class:`CellReader`).
 
 Formats: ``.h5ad``, ``.zarr``, ``.loom``, 10x HDF5 (``.h5``), 10x MTX folders, and in-memory AnnData.
+The cell-table rules shared by every consumer (``n_counts``, ``filter_pass``) are :class:`CellTotals`.
 """
 
 from .._utils import InputFileError
-from ._base import CellReader, to_csr
+from ._base import CellReader, select_columns, to_csr
+from ._cells import QC_COLUMNS, CellTotals, anndata_counts, filter_pass_mask
 from ._open import FORMATS, detect_format, open_reader
 
-__all__ = ["FORMATS", "CellReader", "InputFileError", "detect_format", "open_reader", "to_csr"]
+__all__ = [
+    "FORMATS", "QC_COLUMNS", "CellReader", "CellTotals", "InputFileError", "anndata_counts", "detect_format",
+    "filter_pass_mask", "open_reader", "select_columns", "to_csr",
+]

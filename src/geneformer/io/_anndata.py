@@ -14,6 +14,7 @@ from anndata.io import read_elem, sparse_dataset
 
 from .._utils import InputFileError
 from ._base import CellReader, to_csr
+from ._cells import anndata_counts
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +40,7 @@ class AnnDataReader(CellReader):
     # ---- opening ------------------------------------------------------------------------------
     def _init_memory(self, adata: ad.AnnData) -> None:
         self._adata = adata
-        if self.layer is None:
-            self._X, self._var = adata.X, adata.var
-        elif self.layer == "raw":
-            if adata.raw is None:
-                raise InputFileError("layer='raw' was asked for but the AnnData has no .raw.")
-            self._X, self._var = adata.raw.X, adata.raw.var
-        else:
-            if self.layer not in adata.layers:
-                raise InputFileError(f"The AnnData has no layer {self.layer!r}; layers: {list(adata.layers)}.")
-            self._X, self._var = adata.layers[self.layer], adata.var
-        if self._X is None:
-            raise InputFileError("The AnnData has no count matrix (X is None).")
+        self._X, self._var = anndata_counts(adata, self.layer)
         self._obs = adata.obs
         self._n = adata.n_obs
 

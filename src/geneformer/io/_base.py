@@ -93,6 +93,18 @@ class CellReader(ABC):
         return f"{self.format} file {self.path}" if self.path else f"in-memory {self.format}"
 
 
+def select_columns(m: sp.csr_matrix, column_map: np.ndarray, n_columns: int) -> sp.csr_matrix:
+    """The columns of a CSR matrix renumbered through ``column_map`` (-1: dropped), without densifying.
+
+    Sorted indices stay sorted when the kept columns map in increasing order.
+    """
+    target = np.asarray(column_map)[m.indices]
+    keep = target >= 0
+    # each row boundary moves to the number of kept entries before it
+    indptr = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])[m.indptr]
+    return sp.csr_matrix((m.data[keep], target[keep], indptr), shape=(m.shape[0], n_columns))
+
+
 def to_csr(block, dtype=None) -> sp.csr_matrix:
     """Any 2-D block (dense, sparse, backed) as CSR."""
     if sp.issparse(block):

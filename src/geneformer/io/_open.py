@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .._constants import FILE_FORMATS, FileFormat
 from .._utils import InputFileError
 from ._base import CellReader
 
@@ -17,10 +18,12 @@ _READERS = {
     "10x_h5": ("geneformer.io._tenx", "TenxH5Reader"),
     "10x_mtx": ("geneformer.io._tenx", "TenxMtxReader"),
 }
-FORMATS = tuple(_READERS)
+FORMATS = FILE_FORMATS
+#: other names accepted for a format
+_ALIASES = {"mtx": "10x_mtx", "h5": "10x_h5", "10x": "10x_h5"}
 
 
-def detect_format(path: str | os.PathLike) -> str:
+def detect_format(path: str | os.PathLike) -> FileFormat:
     """Guess the format of ``path`` from its name (and, for folders, contents)."""
     p = Path(path)
     name = p.name.lower()
@@ -43,7 +46,7 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def open_reader(source, file_format: str | None = None, **options) -> CellReader:
+def open_reader(source, file_format: FileFormat | str | None = None, **options) -> CellReader:
     """Open a reader for a path (format detected from the name unless given) or an AnnData."""
     import importlib
 
@@ -53,7 +56,7 @@ def open_reader(source, file_format: str | None = None, **options) -> CellReader
         file_format = "anndata"
     elif file_format is None:
         file_format = detect_format(source)
-    file_format = {"mtx": "10x_mtx", "h5": "10x_h5", "10x": "10x_h5"}.get(file_format, file_format)
+    file_format = _ALIASES.get(file_format, file_format)
     if file_format not in _READERS:
         raise InputFileError(f"Unknown file_format {file_format!r}; choose one of {FORMATS}.")
     module, cls = _READERS[file_format]

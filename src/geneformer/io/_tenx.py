@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._utils import InputFileError
-from ._base import CellReader
+from ._base import CellReader, select_columns
 from ._loom import read_h5_column
 
 GENE_EXPRESSION = "Gene Expression"
@@ -44,13 +44,8 @@ def _column_map(n_features: int, keep: np.ndarray) -> np.ndarray | None:
 
 def _select(indptr, indices, data, cmap: np.ndarray | None, n_genes: int, n_rows: int) -> sp.csr_matrix:
     """CSR rows from raw CSR arrays, keeping only mapped columns (renumbered)."""
-    if cmap is not None:
-        new = cmap[indices]
-        ok = new >= 0
-        kept_before = np.concatenate([[0], np.cumsum(ok, dtype=np.int64)])
-        indptr = kept_before[indptr]  # new row boundaries = kept entries before each old boundary
-        indices, data = new[ok], data[ok]
-    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_genes))
+    m = sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_genes if cmap is None else len(cmap)))
+    return m if cmap is None else select_columns(m, cmap, n_genes)
 
 
 def _barcode_obs(barcodes: np.ndarray, columns: list[str] | None, source: str) -> pd.DataFrame:

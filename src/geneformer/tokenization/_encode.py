@@ -16,36 +16,17 @@ order depends on the CPU; outputs can differ from it only inside groups of exact
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.sparse as sp
 
 from .._constants import TARGET_SUM
+from ..data import TokenSequences
+from ..io import select_columns
 
 try:  # the compiled radix-sort kernel is ~5x faster than numpy's per-row argsort
     from ._rank_kernel import encode_rows as _compiled_encode
 except ImportError:  # pragma: no cover - numba missing
     _compiled_encode = None
-
-
-@dataclass
-class EncodedCells:
-    """Ragged token sequences of a chunk: cell ``i`` is ``tokens[offsets[i]:offsets[i+1]]``."""
-
-    tokens: np.ndarray
-    offsets: np.ndarray
-    counts: np.ndarray | None = None  # x / n_counts * 10,000 aligned with tokens (``keep_counts``)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def cell(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
 
 
 def _row_ids(indptr: np.ndarray) -> np.ndarray:
@@ -84,13 +65,6 @@ def _descending_order(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     return order
 
 
-def _apply_column_map(counts: sp.csr_matrix, column_map: np.ndarray, n_genes: int) -> sp.csr_matrix:
-    target = np.asarray(column_map)[counts.indices]
-    keep = target >= 0
-    indptr = np.concatenate([[0], np.cumsum(keep)])[counts.indptr]
-    return sp.csr_matrix((counts.data[keep], target[keep], indptr), shape=(counts.shape[0], n_genes))
-
-
 def rank_value_encode(
     counts: sp.csr_matrix,
     n_counts: np.ndarray,
@@ -102,12 +76,13 @@ def rank_value_encode(
     keep_counts: bool = False,
     use_numpy: bool = False,
     column_map: np.ndarray | None = None,
-) -> EncodedCells:
+) -> TokenSequences:
     """Encode each row of ``counts`` (cells × vocabulary genes) as a ranked token sequence.
 
     ``medians`` and ``token_ids`` give each column's gene median and token id. At most
     ``max_genes`` genes are kept per cell; ``cls_id``/``eos_id`` (both or neither) wrap the genes.
-    Cells with no expressed vocabulary gene give empty gene lists (the caller drops them).
+    Cells with no expressed vocabulary gene give empty gene lists (the caller drops them). With
+    ``keep_counts`` the result's ``counts`` hold ``x / n_counts * 10,000`` per token (0 for specials).
     ``column_map`` (optional) maps the columns of ``counts`` to positions in ``medians`` and
     ``token_ids`` (-1: skip), increasing over kept columns; it spares a remapped copy of the matrix.
     The compiled kernel is used when numba is available; ``use_numpy`` forces the numpy path
@@ -119,7 +94,7 @@ def rank_value_encode(
     if not counts.has_sorted_indices:
         counts = counts.sorted_indices()  # ties follow column order
     if column_map is not None and (_compiled_encode is None or use_numpy):
-        counts = _apply_column_map(counts, column_map, len(token_ids))
+        counts = select_columns(counts, column_map, len(token_ids))
         column_map = None
     if _compiled_encode is not None and not use_numpy:
         if column_map is None:
@@ -132,7 +107,7 @@ def rank_value_encode(
             int(max_genes), -1 if cls_id is None else int(cls_id), -1 if eos_id is None else int(eos_id),
             bool(keep_counts), np.asarray(column_map, dtype=np.int64),
         )
-        return EncodedCells(tokens, offsets, cnt if keep_counts else None)
+        return TokenSequences(tokens, offsets, cnt if keep_counts else None)
     scaled_all = _scaled_counts(counts, n_counts, _row_ids(counts.indptr))
     values = scaled_all * (1.0 / np.asarray(medians, dtype=np.float64))[counts.indices]
     scaled = scaled_all if keep_counts else None
@@ -164,7 +139,7 @@ def rank_value_encode(
 
     if cls_id is None:
         offsets = np.concatenate([[0], np.cumsum(kept_len)])
-        return EncodedCells(genes_tok, offsets, gene_counts)
+        return TokenSequences(genes_tok, offsets, gene_counts)
 
     # wrap every non-empty cell in <cls> ... <eos>; empty cells stay empty so the caller can drop them
     extra = np.where(kept_len > 0, 2, 0)
@@ -181,4 +156,4 @@ def rank_value_encode(
         c = np.zeros(offsets[-1], dtype=np.float64)
         c[dest] = gene_counts
         gene_counts = c
-    return EncodedCells(out, offsets, gene_counts)
+    return TokenSequences(out, offsets, gene_counts)

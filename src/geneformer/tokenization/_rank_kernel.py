@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .._constants import TARGET_SUM
+
 _BITS = 11
 _BINS = 1 << _BITS
 _LOW = 30  # bits below this are left to the exact fix-up
@@ -126,7 +128,7 @@ def encode_rows(data, indices, indptr, inv_n, inv_med, tokens, max_genes, cls_id
             g = colmap[indices[i]]
             if g < 0:
                 continue
-            s = (data[i] * inv_n[r]) * 10000.0
+            s = (data[i] * inv_n[r]) * TARGET_SUM  # a float64 global: frozen into the compiled code
             v = s * inv_med[g]
             if v > 0:
                 vals[m] = v

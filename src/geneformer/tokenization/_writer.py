@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Writing tokenized cells as a Hugging Face ``datasets`` folder, batch by batch."""
 
 from __future__ import annotations
 
@@ -6,39 +6,23 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Iterable
 
 import pyarrow as pa
 
-from .._utils import InputFileError
+from .._utils import InputFileError, atomic_folder, refuse_existing
 
 
 class DatasetWriter:
-    """Streams record batches into a ``datasets`` folder, written under a temporary name and renamed.
-
-    The batches go straight into the folder's single Arrow file (the format ``save_to_disk``
-    writes and ``load_from_disk`` reads), so the data are written once and never held in memory.
-    """
+    """Streams record batches into the single Arrow file of a ``datasets`` folder (the format
+    ``save_to_disk`` writes and ``load_from_disk`` reads), so the data are written once and never
+    held in memory; :meth:`finish` adds the metadata files. :func:`write_dataset` runs it in a
+    temporary folder that is renamed when complete."""
 
     ARROW_NAME = "data-00000-of-00001.arrow"
 
-    def __init__(self, output_path: Path, overwrite: bool = False):
-        self.output_path = Path(output_path)
-        if self.output_path.exists() and not overwrite:
-            raise FileExistsError(
-                f"Output {self.output_path} already exists. Choose another prefix or folder, "
-                "or pass overwrite=True (--overwrite) to replace it."
-            )
-        parent = self.output_path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OSError(f"Cannot create output folder {parent}: {exc}") from exc
-        self._work = parent / f".{self.output_path.name}.tmp-{os.getpid()}"
-        shutil.rmtree(self._work, ignore_errors=True)
-        try:
-            self._work.mkdir()
-        except OSError as exc:
-            raise OSError(f"Cannot write to output folder {parent}: {exc}") from exc
+    def __init__(self, folder: str | os.PathLike):
+        self._work = Path(folder)
         self._sink = None
         self._schema: pa.Schema | None = None
         self.n_rows = 0
@@ -75,14 +59,23 @@ class DatasetWriter:
                 ) from exc
         return pa.RecordBatch.from_arrays(cols, schema=self._schema)
 
-    def finish(self, empty_schema: pa.Schema | None = None):
-        """Complete the folder and move it to its final name; returns the memory-mapped dataset."""
+    def close(self) -> None:
+        """Close the Arrow file (also after a failure)."""
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+    def finish(self, empty_schema: pa.Schema | None = None) -> None:
+        """Complete the Arrow file and write ``dataset_info.json`` and ``state.json`` beside it.
+
+        ``empty_schema`` gives the columns when no batch was written.
+        """
         import datasets
         from datasets.utils import logging as ds_logging
 
-        if self._sink is None:
+        if self._schema is None:
             self._open(empty_schema)
-        self._sink.close()
+        self.close()
         # dataset_info.json and state.json as save_to_disk writes them, from an empty dataset
         meta = self._work / "meta"
         was_enabled = ds_logging.is_progress_bar_enabled()
@@ -101,15 +94,24 @@ class DatasetWriter:
             "_output_all_columns": False, "_split": None,
         }
         (self._work / "state.json").write_text(json.dumps(state, indent=2))
-        if self.output_path.exists():
-            shutil.rmtree(self.output_path)
-        os.replace(self._work, self.output_path)
-        return datasets.load_from_disk(str(self.output_path))
 
-    def abort(self) -> None:
-        if self._sink is not None:
-            try:
-                self._sink.close()
-            except Exception:  # noqa: BLE001 - best effort cleanup
-                pass
-        shutil.rmtree(self._work, ignore_errors=True)
+
+def write_dataset(batches: Iterable[tuple[pa.RecordBatch, str]], output_path: str | os.PathLike, *,
+                  overwrite: bool = False, empty_schema: pa.Schema | None = None) -> "datasets.Dataset":  # noqa: F821
+    """Write ``(record_batch, source)`` pairs into a ``datasets`` folder at ``output_path``.
+
+    An existing output is refused unless ``overwrite``; the folder is written under a temporary name
+    and renamed when complete, so a failure leaves nothing behind. Returns the memory-mapped dataset.
+    """
+    import datasets
+
+    output_path = refuse_existing(output_path, overwrite)
+    with atomic_folder(output_path) as work:
+        writer = DatasetWriter(work)
+        try:
+            for batch, source in batches:
+                writer.write(batch, source)
+            writer.finish(empty_schema)
+        finally:
+            writer.close()
+    return datasets.load_from_disk(str(output_path))

@@ -3,12 +3,14 @@ maps) and where they are found, which vocabulary gene each gene of a file is, an
 from the gene medians of a corpus."""
 
 from .._utils import VocabularyError
+from ._build import build_vocab, write_vocab
+from ._corpus import GeneFilter, compute_gene_digests, estimate_gene_medians
+from ._digests import GeneDigests
 from ._genes import SYMBOL_COLUMNS, GeneMap, file_gene_ids, looks_like_ensembl
-from ._medians import GeneDigests, build_vocab, compute_gene_digests, estimate_gene_medians, write_vocab
 from ._vocab import DICT_FILES, HUB_SUBFOLDERS, GeneVocab, as_vocab, load_dict_file, load_vocab, resolve_dict_file
 
 __all__ = [
-    "DICT_FILES", "HUB_SUBFOLDERS", "SYMBOL_COLUMNS", "GeneDigests", "GeneMap", "GeneVocab", "VocabularyError",
+    "DICT_FILES", "HUB_SUBFOLDERS", "SYMBOL_COLUMNS", "GeneDigests", "GeneFilter", "GeneMap", "GeneVocab", "VocabularyError",
     "as_vocab", "build_vocab", "compute_gene_digests", "estimate_gene_medians", "file_gene_ids",
     "load_dict_file", "load_vocab", "looks_like_ensembl", "resolve_dict_file", "write_vocab",
 ]

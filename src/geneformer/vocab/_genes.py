@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._utils import InputFileError
+from ..io import select_columns
 from ._vocab import GeneVocab
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,5 @@ class GeneMap:
             out = (counts @ agg).tocsr()
             out.sort_indices()
             return out
-        from ..tokenization._encode import _apply_column_map
-
         # first-occurrence order is monotone in file order here, so sorted input stays sorted
-        return _apply_column_map(counts, self.column, self.n_genes)
+        return select_columns(counts, self.column, self.n_genes)

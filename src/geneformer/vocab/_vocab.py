@@ -19,9 +19,18 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .._constants import CLS, EOS, HUB_REPO, MASK, PAD, SPECIAL_TOKENS, VERSIONS
+from .._constants import CLS, EOS, HUB_REPO, MASK, PAD, SPECIAL_TOKENS, VERSIONS, VOCAB_FORMATS, VocabFormat
 from .._settings import settings
-from .._utils import VocabularyError, atomic_path, check_model_version, hub_offline, load_plain, write_bytes
+from .._utils import (
+    VocabularyError,
+    atomic_path,
+    check_choice,
+    check_model_version,
+    hub_offline,
+    load_plain,
+    write_bytes,
+    write_pickle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +208,9 @@ class GeneVocab:
             parts["ensembl_mapping"], version=meta.get("version"),
         )
 
-    def save(self, folder: str | os.PathLike, format: str = "json") -> Path:
+    def save(self, folder: str | os.PathLike, format: VocabFormat = "json") -> Path:
         """Write the vocabulary to ``folder`` as JSON (safe) or as published-style pickles."""
+        check_choice("format", format, VOCAB_FORMATS)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         parts = {
@@ -211,13 +221,9 @@ class GeneVocab:
         }
         for kind, obj in parts.items():
             if format == "json":
-                target = folder / _JSON_NAMES[kind]
-                write_bytes(target, json.dumps(obj).encode())
-            elif format == "pickle":
-                target = folder / _JSON_NAMES[kind].replace(".json", ".pkl")
-                write_bytes(target, pickle.dumps(obj))
+                write_bytes(folder / _JSON_NAMES[kind], json.dumps(obj).encode())
             else:
-                raise ValueError("format must be 'json' or 'pickle'")
+                write_pickle(folder / _JSON_NAMES[kind].replace(".json", ".pkl"), obj)
         meta = {"version": self.version, "size": len(self), "special_tokens": self.special_tokens}
         write_bytes(folder / "vocab.json", json.dumps(meta, indent=1).encode())
         return folder

@@ -1,12 +1,9 @@
-"""Corpus statistics for new vocabularies: per-gene non-zero medians and detection counts.
+"""Per-gene sketches of a corpus's normalised expression, the basis of new gene medians.
 
 The gene median of a corpus (used to scale counts before ranking) is the median, over the cells in
 which a gene is detected, of ``count / n_counts * 10,000``. :class:`GeneDigests` accumulates these
 values chunk by chunk in a mergeable per-gene sketch: exact (every value kept, medians computed
 with one sort) while the corpus is small, otherwise a t-digest per gene (``fastdigest``).
-:func:`estimate_gene_medians` streams any number of input files through it, optionally in worker
-processes, and :func:`build_vocab` / :func:`write_vocab` turn the medians into a vocabulary in the
-published pickle layout and as JSON.
 """
 
 from __future__ import annotations
@@ -15,21 +12,14 @@ import io
 import logging
 import math
 import os
-import pickle
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
-from .._constants import CLS, EOS, MASK, PAD, TARGET_SUM
-from .._utils import InputFileError, write_pickle
-from ..io import CellReader, open_reader
-from ._vocab import GeneVocab
+from .._constants import TARGET_SUM, DigestMode
+from .._utils import InputFileError, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +77,7 @@ class GeneDigests:
 
     # ---- state --------------------------------------------------------------------------------
     @property
-    def mode(self) -> str:
+    def mode(self) -> DigestMode:
         """``"exact"`` while every value is kept, else ``"digest"``."""
         return "exact" if self._digests is None else "digest"
 
@@ -270,13 +260,9 @@ class GeneDigests:
             blobs = [b"" if d is None else d.to_bytes() for d in self._digests]
             arrays["digest_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
             arrays["digest_bytes"] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-        return path
+        return write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GeneDigests":
@@ -307,272 +293,3 @@ class GeneDigests:
         except (OSError, KeyError, ValueError) as exc:
             raise InputFileError(f"Could not read gene digests from {path}: {exc}") from exc
         return self
-
-
-# ---- streaming over input files ---------------------------------------------------------------
-@dataclass
-class _Prepared:
-    gene_ids: np.ndarray  # per column: gene id or "" (skipped)
-    n_counts: np.ndarray | None  # per cell, from the file; None -> row totals
-    keep: np.ndarray | None  # per cell boolean (filter_pass); None -> all cells
-    symbols: dict[str, str]
-
-
-def _filter_pass_mask(values: pd.Series) -> np.ndarray:
-    """Keep a cell iff its ``filter_pass`` equals 1 (True, 1 and 1.0 pass; the string "1" does not)."""
-    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-        return np.asarray(values.to_numpy() == 1, dtype=bool)
-    return np.array([v == 1 for v in values.tolist()], dtype=bool)
-
-
-def _prepare(reader: CellReader, gene_id_column: str | None, gene_filter, symbol_column: str | None) -> _Prepared:
-    var = reader.var
-    if gene_id_column and gene_id_column in var.columns:
-        ids = var[gene_id_column]
-    else:
-        if gene_id_column:
-            logger.info("%s has no gene column %r: using the gene index as gene ids.", reader.describe(), gene_id_column)
-        ids = pd.Series(var.index, index=var.index)
-    ids = np.array(["" if pd.isna(g) else str(g) for g in ids.tolist()], dtype=object)
-    if gene_filter is not None:
-        if callable(gene_filter):
-            mask = np.asarray(gene_filter(var), dtype=bool)
-            if mask.shape != (len(var),):
-                raise ValueError(f"gene_filter returned {mask.shape} values for {len(var)} genes of {reader.describe()}.")
-        else:
-            wanted = {str(g) for g in gene_filter}
-            mask = np.array([g in wanted for g in ids], dtype=bool)
-        ids = np.where(mask, ids, "")
-    symbols: dict[str, str] = {}
-    if symbol_column and symbol_column in var.columns:
-        for g, s in zip(ids.tolist(), var[symbol_column].tolist()):
-            if g and not pd.isna(s):
-                symbols.setdefault(str(s), g)
-    cols = reader.obs_columns
-    wanted_obs = [c for c in ("n_counts", "filter_pass") if c in cols]
-    obs = reader.read_obs(wanted_obs) if wanted_obs else None
-    n_counts = obs["n_counts"].to_numpy(dtype=np.float64) if "n_counts" in wanted_obs else None
-    keep = _filter_pass_mask(obs["filter_pass"]) if "filter_pass" in wanted_obs else None
-    return _Prepared(ids, n_counts, keep, symbols)
-
-
-def _digest_rows(reader: CellReader, prep: _Prepared, digests: GeneDigests, start: int, stop: int,
-                 chunk_size: int, bar=None) -> None:
-    for s, chunk in reader.iter_counts(chunk_size, start, stop):
-        e = s + chunk.shape[0]
-        n = prep.n_counts[s:e] if prep.n_counts is not None else np.asarray(chunk.sum(axis=1)).ravel()
-        if prep.keep is not None:
-            k = prep.keep[s:e]
-            if not k.all():
-                chunk, n = chunk[k], n[k]
-        digests.update(chunk, n, prep.gene_ids)
-        if bar is not None:
-            bar.update(e - s)
-
-
-def _worker(task: tuple) -> GeneDigests:
-    """Process one row range of one file in a worker process."""
-    (source, options), fmt, start, stop, chunk_size, gene_id_column, gene_filter, symbol_column, dig_opts = task
-    digests = GeneDigests(**dig_opts)
-    with open_reader(source, fmt, **options) as reader:
-        prep = _prepare(reader, gene_id_column, gene_filter, symbol_column)
-        digests.gene_symbols.update(prep.symbols)
-        _digest_rows(reader, prep, digests, start, stop, chunk_size)
-    return digests
-
-
-def _as_list(inputs) -> list:
-    import anndata as ad
-
-    if isinstance(inputs, (str, os.PathLike, ad.AnnData)):
-        return [inputs]
-    return list(inputs)
-
-
-def compute_gene_digests(
-    inputs,
-    *,
-    file_format: str | None = None,
-    gene_id_column: str | None = "ensembl_id",
-    exact: bool | None = None,
-    chunk_size: int = 2048,
-    nproc: int = 1,
-    gene_filter=None,
-    symbol_column: str | None = "gene_symbol",
-    exact_limit: int = DEFAULT_EXACT_LIMIT,
-    max_centroids: int = DEFAULT_MAX_CENTROIDS,
-    progress: bool = True,
-) -> GeneDigests:
-    """Stream every input (paths or AnnData) into one :class:`GeneDigests`.
-
-    ``gene_filter``: None (all genes), an iterable of gene ids to keep, or a function of the gene
-    table returning a boolean mask (e.g. ``lambda var: var.gene_type.isin(["protein_coding", "miRNA"])``).
-    With ``nproc > 1``, files (or row ranges of them) are processed by worker processes and the
-    sketches merged in a fixed order, so results depend only on the inputs and ``nproc``.
-    """
-    dig_opts = {"exact": exact, "exact_limit": exact_limit, "max_centroids": max_centroids}
-    if gene_filter is not None and not callable(gene_filter):
-        gene_filter = sorted({str(g) for g in gene_filter})
-    total = GeneDigests(**dig_opts)
-    sources = _as_list(inputs)
-    if not sources:
-        raise ValueError("No input files given.")
-    readers: list[CellReader] = []
-    try:
-        for src in sources:
-            readers.append(open_reader(src, file_format))
-        n_total = sum(r.n_cells for r in readers)
-        bar = tqdm(total=n_total, unit="cell", desc="Gene medians", disable=not progress)
-        tasks = []
-        for r in readers:
-            args = r.reopen_args() if nproc > 1 else None
-            if args is None:  # serial: in-memory data, or a single process
-                prep = _prepare(r, gene_id_column, gene_filter, symbol_column)
-                for k, v in prep.symbols.items():
-                    total.gene_symbols.setdefault(k, v)
-                _digest_rows(r, prep, total, 0, r.n_cells, chunk_size, bar)
-                continue
-            # row ranges of whole chunks, a few per worker for load balance
-            step = max(chunk_size, math.ceil(n_total / (nproc * 4) / chunk_size) * chunk_size)
-            for s in range(0, r.n_cells, step):
-                tasks.append((args, r.format, s, min(s + step, r.n_cells), chunk_size, gene_id_column,
-                              gene_filter, symbol_column, dig_opts))
-    finally:
-        for r in readers:
-            r.close()
-    if tasks:
-        _check_picklable(gene_filter)
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=nproc, mp_context=mp.get_context("spawn")) as pool:
-            for task, part in zip(tasks, pool.map(_worker, tasks)):
-                total.merge(part)  # in task order: deterministic
-                bar.update(task[3] - task[2])
-    bar.close()
-    return total
-
-
-def _check_picklable(obj) -> None:
-    try:
-        pickle.dumps(obj)
-    except Exception as exc:  # lambdas and closures cannot reach worker processes
-        raise ValueError("gene_filter must be picklable (a module-level function or a list of gene ids) "
-                         f"when nproc > 1: {exc}") from exc
-
-
-def estimate_gene_medians(
-    inputs,
-    *,
-    file_format: str | None = None,
-    gene_id_column: str | None = "ensembl_id",
-    exact: bool | None = None,
-    chunk_size: int = 2048,
-    nproc: int = 1,
-    gene_filter=None,
-    return_counts: bool = False,
-    progress: bool = True,
-    **digest_options,
-) -> dict[str, float] | tuple[dict[str, float], dict[str, int]]:
-    """Non-zero median of ``count / n_counts * 10,000`` per gene over all inputs.
-
-    ``n_counts`` comes from the cell table when present, else it is the cell's total over all
-    genes; cells with ``filter_pass`` other than 1 are skipped when that column exists. Genes are
-    identified by ``gene_id_column`` (falling back to the gene index). Medians are exact for small
-    corpora (``exact=None``) or always (``True``), else from t-digests. With ``return_counts``, also
-    returns the number of cells in which each gene was detected.
-    """
-    digests = compute_gene_digests(inputs, file_format=file_format, gene_id_column=gene_id_column, exact=exact,
-                                   chunk_size=chunk_size, nproc=nproc, gene_filter=gene_filter,
-                                   progress=progress, **digest_options)
-    medians = digests.medians()
-    return (medians, digests.counts()) if return_counts else medians
-
-
-# ---- vocabularies ------------------------------------------------------------------------------
-def build_vocab(
-    medians: "Mapping[str, float] | GeneDigests",
-    *,
-    counts: Mapping[str, int] | None = None,
-    special_tokens: bool = True,
-    min_cells: int = 0,
-    genes: Iterable[str] | None = None,
-    gene_name_id: Mapping[str, str] | None = None,
-) -> GeneVocab:
-    """A vocabulary from gene medians: ``<pad>``=0, ``<mask>``=1, (``<cls>``=2, ``<eos>``=3), then genes sorted.
-
-    Genes with a missing, zero or non-finite median are left out, as are genes detected in fewer
-    than ``min_cells`` cells (needs ``counts``, given directly or by passing a :class:`GeneDigests`).
-    ``genes`` restricts the vocabulary to a gene list. The median dictionary keeps every valid
-    median; the Ensembl mapping is the identity over the vocabulary genes.
-    """
-    if isinstance(medians, GeneDigests):
-        counts = medians.counts() if counts is None else counts
-        gene_name_id = medians.gene_symbols if gene_name_id is None else gene_name_id
-        medians = medians.medians()
-    valid = {str(g): float(v) for g, v in medians.items() if v is not None and math.isfinite(v) and v > 0}
-    dropped = len(medians) - len(valid)
-    if dropped:
-        logger.info("%d gene(s) have a zero or missing median and are left out.", dropped)
-    candidates = set(valid)
-    if genes is not None:
-        wanted = {str(g) for g in genes}
-        missing = sorted(wanted - candidates)
-        if missing:
-            logger.warning("%d requested gene(s) have no median and are left out (e.g. %s).",
-                           len(missing), missing[:5])
-        candidates &= wanted
-    if min_cells > 0:
-        if counts is None:
-            raise ValueError("min_cells needs detection counts: pass counts= or a GeneDigests.")
-        candidates = {g for g in candidates if counts.get(g, 0) >= min_cells}
-    if not candidates:
-        raise ValueError("No gene is left for the vocabulary (check min_cells, genes and the inputs).")
-    specials = [PAD, MASK] + ([CLS, EOS] if special_tokens else [])
-    clash = candidates & set(specials)
-    if clash:
-        raise ValueError(f"Gene ids clash with special tokens: {sorted(clash)}.")
-    token_dict = {t: i for i, t in enumerate(specials)}
-    for i, g in enumerate(sorted(candidates), start=len(specials)):
-        token_dict[g] = i
-    name_id = {str(s): str(g) for s, g in (gene_name_id or {}).items() if g in valid}
-    mapping = {g.upper(): g for g in sorted(candidates)}
-    return GeneVocab(token_dict, valid, name_id, mapping, version=None)
-
-
-def write_vocab(vocab: GeneVocab, folder: str | os.PathLike, name: str = "custom", *,
-                counts: Mapping[str, int] | None = None, formats: Sequence[str] = ("json", "pickle")) -> Path:
-    """Write a vocabulary as JSON (:meth:`GeneVocab.save`) and/or as published-style pickles.
-
-    The pickles are ``token_dictionary_<name>.pkl``, ``gene_median_dictionary_<name>.pkl``,
-    ``gene_name_id_dict_<name>.pkl`` and ``ensembl_mapping_dict_<name>.pkl``, usable wherever the
-    reference package takes dictionary files. With ``counts``, ``gene_stats_<name>.tsv`` lists each
-    gene's median, detection count and whether it is in the vocabulary.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    unknown = set(formats) - {"json", "pickle"}
-    if unknown:
-        raise ValueError(f"Unknown vocabulary format(s) {sorted(unknown)}; use 'json' and/or 'pickle'.")
-    if "json" in formats:
-        vocab.save(folder, format="json")
-    if "pickle" in formats:
-        for stem, obj in (("token_dictionary", vocab.token_dict), ("gene_median_dictionary", vocab.gene_medians),
-                          ("gene_name_id_dict", vocab.gene_name_id), ("ensembl_mapping_dict", vocab.ensembl_mapping)):
-            write_pickle(folder / f"{stem}_{name}.pkl", dict(obj))
-    if counts is not None:
-        genes = sorted(set(vocab.gene_medians) | set(counts))
-        table = pd.DataFrame({
-            "gene": genes,
-            "median": [vocab.gene_medians.get(g, np.nan) for g in genes],
-            "n_cells_detected": [int(counts.get(g, 0)) for g in genes],
-            "in_vocab": [g in vocab.token_dict for g in genes],
-        })
-        target = folder / f"gene_stats_{name}.tsv"
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        table.to_csv(tmp, sep="\t", index=False)
-        os.replace(tmp, target)
-    return folder
-
-
-__all__ = ["GeneDigests", "compute_gene_digests", "estimate_gene_medians", "build_vocab", "write_vocab",
-           "TARGET_SUM"]
