@@ -389,13 +389,14 @@ def test_process_data_glue(golden_dir, small, monkeypatch, data_dir):
         keep = np.arange(0, adata.n_obs, 2)  # pretend every other cell had no vocabulary genes
         return small.select(range(len(keep))).add_column("_gf_row", keep.tolist())
 
-    monkeypatch.setitem(sys.modules, "geneformer.tokenization", types.SimpleNamespace(tokenize_anndata=fake_tokenize))
+    monkeypatch.setattr("geneformer.tokenization._anndata.tokenize_anndata", fake_tokenize)
     adata = ad.read_h5ad(data_dir / "pbmc3k_raw_seurat_labels.h5ad")[:20].copy()
     del adata.obs["n_counts"]
     gf = Geneformer(GeneformerConfig(model_name=str(golden_dir / "models" / "mini-V1"), batch_size=8))
     ds = gf.process_data(adata, gene_names="ensembl_id")
     assert calls["gene_id_column"] == "ensembl_id" and calls["n_counts"] and calls["vocab"] == "V1"
-    assert calls["model_input_size"] == 2048 and calls["special_token"] is False
+    # the model's input size; special tokens follow the (V1) vocabulary inside the tokenizer
+    assert calls["model_input_size"] == 2048 and calls["special_token"] is None
     assert gf.gene_match[0] > 10000
     gf.process_data(adata)  # var_names are symbols here
     assert "gene_symbol_column" in calls

@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from .._constants import ROW_COLUMN
+from .._utils import save_dataset
 from ..embeddings import OBSM_KEY, add_cell_embeddings, add_gene_embeddings
 from ..models import MODEL_ZOO, load_model, model_input_size, model_vocab_version
+from ..tokenization import match_and_tokenize
 from ._config import GeneformerConfig
 
 logger = logging.getLogger(__name__)
-
-ROW_COLUMN = "_gf_row"  # obs position carried through tokenization, to write results back in place
 
 
 class Geneformer:
@@ -72,71 +73,22 @@ class Geneformer:
         return self._vocab
 
     # ---- tokenization -------------------------------------------------------------------------
-    def _gene_columns(self, adata: Any, gene_names: str | None) -> tuple[Any, dict]:
-        """A light AnnData (shared X) with the gene ID column and n_counts set, plus tokenizer kwargs."""
-        import anndata as ad
-
-        var = adata.var.copy()
-        if gene_names in (None, "auto"):
-            gene_names = "ensembl_id" if "ensembl_id" in var.columns else "index"
-        if gene_names == "index":
-            var["_gf_gene"] = adata.var_names.astype(str)
-            column = "_gf_gene"
-        elif gene_names in var.columns:
-            column = gene_names
-        else:
-            raise KeyError(
-                f"gene_names={gene_names!r} is neither 'index' nor a var column; var columns: {list(var.columns)}."
-            )
-        ids = var[column].astype(str).to_numpy()
-        looks_ensembl = np.mean([s.upper().startswith("ENS") for s in ids]) > 0.5 if len(ids) else False
-        obs = adata.obs.copy()
-        if "n_counts" not in obs.columns:
-            import scipy.sparse as sp
-
-            X = adata.X
-            totals = np.asarray(X.sum(axis=1)).ravel() if sp.issparse(X) else np.asarray(X).sum(axis=1)
-            obs["n_counts"] = totals.astype(np.float64)
-        obs[ROW_COLUMN] = np.arange(adata.n_obs, dtype=np.int64)
-        light = ad.AnnData(X=adata.X, obs=obs, var=var, layers=dict(adata.layers) if adata.layers else None)
-        kwargs = {"gene_id_column": column} if looks_ensembl else {"gene_symbol_column": column}
-        self._report_gene_match(ids, looks_ensembl)
-        return light, kwargs
-
-    def _report_gene_match(self, ids: np.ndarray, looks_ensembl: bool) -> None:
-        vocab = self.vocab
-        ens = ids if looks_ensembl else vocab.symbols_to_ensembl(ids)
-        mapped = vocab.canonical_ids([e for e in ens])
-        matched = int(sum(1 for m in mapped if m))
-        self.gene_match = (matched, len(ids))
-        logger.info("%d of %d genes matched the %s vocabulary.", matched, len(ids), vocab.version or "custom")
-        if len(ids) and matched / len(ids) < 0.2:
-            logger.warning(
-                "Only %d of %d genes matched the %s vocabulary; check gene_names (Ensembl IDs or symbols of the "
-                "right species).", matched, len(ids), vocab.version or "custom",
-            )
-
     def tokenize(self, adata: Any, gene_names: str | None = None, *, layer: str | None = None,
-                 custom_attr_name_dict: dict | None = None, **kwargs: Any):
+                 custom_attr_name_dict: dict | None = None, **kwargs: Any) -> Any:
         """Rank-value encode an AnnData for this model (its vocabulary, input size and special tokens).
 
         ``gene_names`` names the var column holding Ensembl IDs or symbols ("index" for var_names;
         default: ``var['ensembl_id']`` when present, else the index). Returns a datasets.Dataset with
-        ``input_ids``, ``length``, the carried obs columns and ``_gf_row`` (the obs position).
+        ``input_ids``, ``length``, the carried obs columns and ``_gf_row`` (the obs position); how many
+        genes matched the vocabulary is kept in ``gene_match``.
         """
-        from ..tokenization import tokenize_anndata
-
-        light, gene_kw = self._gene_columns(adata, gene_names)
-        attrs = dict(custom_attr_name_dict or self.config.custom_attr_name_dict or {})
-        attrs[ROW_COLUMN] = ROW_COLUMN
-        special = self.config.special_token
-        if special is None:
-            special = bool(self.vocab.has_cls_eos)
-        return tokenize_anndata(
-            light, self.vocab, custom_attr_name_dict=attrs,
+        dataset, self.gene_match = match_and_tokenize(
+            adata, self.vocab, gene_names=gene_names,
+            custom_attr_name_dict=custom_attr_name_dict or self.config.custom_attr_name_dict,
             model_input_size=self.config.model_input_size or model_input_size(self.model),
-            special_token=special, nproc=self.config.nproc, layer=layer, **gene_kw, **kwargs,
+            special_token=self.config.special_token, layer=layer, nproc=self.config.nproc, **kwargs,
         )
+        return dataset
 
     def process_data(self, adata: Any, gene_names: str = "index", output_path: str | os.PathLike | None = None,
                      use_raw_counts: bool = True):
@@ -145,7 +97,7 @@ class Geneformer:
             _warn_if_not_counts(adata)
         dataset = self.tokenize(adata, gene_names=gene_names)
         if output_path is not None:
-            dataset.save_to_disk(str(output_path))
+            save_dataset(dataset, output_path)
         return dataset
 
     # ---- embeddings ---------------------------------------------------------------------------

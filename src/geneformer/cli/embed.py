@@ -59,12 +59,12 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     import numpy as np
     import pandas as pd
 
-    from ..api import Geneformer, GeneformerConfig
-    from ..api._model import ROW_COLUMN
+    from .._constants import ROW_COLUMN
     from ..data import check_columns, column_values, downsample_and_sort, load_tokenized
     from ..embeddings import _outputs as outputs
     from ..embeddings import cell_embeddings, gene_embeddings
-    from ..models import load_model
+    from ..models import load_model, model_input_size, model_vocab_version
+    from ..tokenization import match_and_tokenize
 
     if mode not in ("cell", "cls", "gene"):
         raise ValueError(f"--mode must be cell, cls or gene, got {mode!r}.")
@@ -72,8 +72,12 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     adata = None
     if input.suffix == ".h5ad":
         adata = ad.read_h5ad(input)
-        gf = Geneformer(GeneformerConfig(model_name=model_name, batch_size=batch_size, device=device), model=model)
-        dataset = gf.tokenize(adata, gene_names=gene_names)
+        version = model_vocab_version(model)
+        if version is None:
+            raise ValueError(f"Model {model_name} has a custom vocabulary; tokenize the .h5ad with its vocabulary "
+                             "(`geneformer tokenize --vocab FOLDER`) and embed the dataset.")
+        dataset, _ = match_and_tokenize(adata, version, gene_names=gene_names, model_input_size=model_input_size(model),
+                                        progress=progress)
     else:
         dataset = load_tokenized(input)
     check_columns(dataset, labels)
