@@ -42,6 +42,8 @@ from ._loading import (
 )
 from ._mlm import GeneformerForMaskedLM, masked_accuracy
 from ._multitask import AttentionPool, GeneformerMultiTask
+from ._heads import CellModelConfig, EncoderWithHead, GeneformerCellModel, build_head, head_loss, load_encoder
+from ._multitask import MultiTaskConfig
 from ._zoo import (
     DEFAULT_MODEL,
     HUB_REPO,
@@ -63,4 +65,6 @@ __all__ = [
     "normalise_kind", "quantize_dynamic_int8", "read_finetune_meta", "resolve_device", "resolve_dtype",
     "resolve_model_source", "right_padded_lengths", "supports_fast_embeddings", "supports_fast_layer",
     "vocab_version_for_size", "write_finetune_meta",
+    "CellModelConfig", "EncoderWithHead", "GeneformerCellModel", "MultiTaskConfig", "build_head", "head_loss",
+    "load_encoder",
 ]

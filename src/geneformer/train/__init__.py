@@ -10,6 +10,10 @@ from ._dropout_attention import use_fused_attention_dropout
 from ._finetune import FinetuneResult, finetune, predict
 from ._pretraining import MaskedGeneTrainer, PretrainResult, add_length_column, check_corpus, config_file, pretrain
 from ._sampler import LengthGroupedSampler
+from ._cell_model import cell_model, cell_outputs, cell_targets, load_fine_tuned, save_fine_tuned, train_cell_model
+from ._heads import HeadTrainer, RowCollator, RowDataset
+from ._multitask import MULTITASK_HYPERPARAMETERS, MULTITASK_MANUAL_HYPERPARAMETERS
+from ._multitask_runs import MultiTaskRun, evaluate_multitask, make_output_dirs, run_multitask, run_multitask_study
 
 __all__ = [
     "ARCHITECTURES", "ClassifierDataError", "CorpusError", "DataCollatorForCellClassification",
@@ -17,4 +21,7 @@ __all__ = [
     "GeneformerMultiTask", "LengthGroupedSampler", "MaskedGeneTrainer", "PretrainResult", "add_length_column", "architecture_config",
     "check_corpus", "config_file", "finetune", "load_config", "load_finetuned", "predict", "pretrain",
     "quantize_dynamic_int8", "use_fused_attention_dropout",
+    "HeadTrainer", "MULTITASK_HYPERPARAMETERS", "MULTITASK_MANUAL_HYPERPARAMETERS", "MultiTaskRun", "RowCollator",
+    "RowDataset", "cell_model", "cell_outputs", "cell_targets", "evaluate_multitask", "load_fine_tuned",
+    "make_output_dirs", "run_multitask", "run_multitask_study", "save_fine_tuned", "train_cell_model",
 ]
