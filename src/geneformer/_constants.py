@@ -56,3 +56,6 @@ ModelKind = Literal["pretrained", "cell_classifier", "gene_classifier"]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 ClassifierKind = Literal["cell", "gene"]
 DtypeName = Literal["fp32", "bf16", "fp16"]
+#: Built-in heads of the model-card fine-tuning model ("custom": any ``nn.Module``).
+CellHeadKind = Literal["classification", "regression"]
+CELL_HEAD_KINDS: tuple[str, ...] = get_args(CellHeadKind)

@@ -20,15 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, PretrainedConfig
+from transformers import BertConfig, BertModel, BertPreTrainedModel, PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
-from .._constants import CELL_EMB_MODES
-from .._utils import ModelLoadError, check_choice, check_emb_layer, resolve_device
+from .._constants import CELL_EMB_MODES, CELL_HEAD_KINDS, CellEmbMode, CellHeadKind
+from .._utils import ModelLoadError, OptionError, check_choice, check_emb_layer, resolve_device
 from ._loading import check_vocab_matches, layer_index, load_model, resolve_model_source
-
-HEAD_KINDS = ("classification", "regression", "custom")
 
 
 def load_encoder(name_or_path: str | os.PathLike, vocab: Any = None) -> BertModel:
@@ -39,7 +36,7 @@ def load_encoder(name_or_path: str | os.PathLike, vocab: Any = None) -> BertMode
 def head_config(config_class: type[BertConfig], encoder_config: PretrainedConfig, **head: Any) -> BertConfig:
     """``config_class`` with the encoder's architecture (and attention implementation) plus head fields."""
     fields = {k: v for k, v in encoder_config.to_dict().items() if k not in ("architectures", "transformers_version")}
-    config = config_class(**fields, **head)
+    config = config_class(**{**fields, **head})  # (an encoder taken from another head model has head fields too)
     attn = getattr(encoder_config, "_attn_implementation", None)
     if attn:
         config._attn_implementation = attn
@@ -104,9 +101,14 @@ class CellModelConfig(BertConfig):
         self.emb_mode = emb_mode
 
 
-def build_head(kind: str, hidden: int, output_size: int | None, dropout: float = 0.1) -> nn.Module:
+def _check_head_kind(kind: Any) -> None:
+    if kind not in CELL_HEAD_KINDS:
+        raise OptionError(f"fine_tuning_head must be 'classification', 'regression' or an nn.Module, got {kind!r}.")
+
+
+def build_head(kind: CellHeadKind, hidden: int, output_size: int | None, dropout: float = 0.1) -> nn.Module:
     """The built-in heads: dropout + linear ("classification"), linear ("regression")."""
-    check_choice("fine_tuning_head", kind, HEAD_KINDS[:2])
+    _check_head_kind(kind)
     if output_size is None or int(output_size) < 1:
         raise ValueError(f"A {kind} head needs output_size >= 1 (number of classes / targets), got {output_size!r}.")
     if kind == "classification":
@@ -158,14 +160,15 @@ class GeneformerCellModel(EncoderWithHead):
             self._attach_encoder(encoder)
 
     @classmethod
-    def for_encoder(cls, encoder: nn.Module, head: str | nn.Module = "classification", output_size: int | None = None,
-                    *, emb_layer: int = -1, emb_mode: str = "cell", head_dropout: float = 0.1
+    def for_encoder(cls, encoder: nn.Module, head: CellHeadKind | nn.Module = "classification",
+                    output_size: int | None = None, *, emb_layer: int = -1, emb_mode: CellEmbMode = "cell",
+                    head_dropout: float = 0.1
                     ) -> GeneformerCellModel:
         """A cell model around a loaded encoder (any BERT model; its ``base_model`` is used, shared)."""
         base = getattr(encoder, "base_model", encoder)
         custom = isinstance(head, nn.Module)
         if not custom:
-            check_choice("fine_tuning_head", head, HEAD_KINDS[:2])
+            _check_head_kind(head)
         config = head_config(cls.config_class, base.config, head_kind="custom" if custom else head,
                              output_size=output_size, head_dropout=head_dropout, emb_layer=emb_layer, emb_mode=emb_mode)
         return cls(config, head if custom else None, encoder=base).to(next(base.parameters()).device)
@@ -181,7 +184,7 @@ class GeneformerCellModel(EncoderWithHead):
         """Hidden-state index of ``emb_layer`` (0 = embeddings, n_layers = the last layer)."""
         return layer_index(self.config, self.config.emb_layer)
 
-    def set_pooling(self, emb_layer: int, emb_mode: str) -> None:
+    def set_pooling(self, emb_layer: int, emb_mode: CellEmbMode) -> None:
         """Change where and how cells are pooled (the model-card configuration's ``emb_layer``/``emb_mode``)."""
         check_choice("emb_mode", emb_mode, CELL_EMB_MODES)
         self.config.emb_layer = check_emb_layer(emb_layer, self.config.num_hidden_layers)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._constants import CellEmbMode, CellHeadKind
 from .._utils import atomic_folder, check_positive_int, model_device, write_json
 from ..data import as_sequences
 from ..embeddings import SpecialTokens, cell_embeddings, special_flags
@@ -41,8 +42,8 @@ HEAD_FILE = "head.safetensors"  # folders written before the head model was a Pr
 ENCODER_DIR = "encoder"
 
 
-def cell_model(model: Any, head: str | nn.Module = "classification", output_size: int | None = None, *,
-               emb_layer: int = -1, emb_mode: str = "cell") -> GeneformerCellModel:
+def cell_model(model: Any, head: CellHeadKind | nn.Module = "classification", output_size: int | None = None, *,
+               emb_layer: int = -1, emb_mode: CellEmbMode = "cell") -> GeneformerCellModel:
     """``model`` itself when it is a cell model (its pooling set), else a cell model around its encoder."""
     if isinstance(model, GeneformerCellModel):
         model.set_pooling(emb_layer, emb_mode)
