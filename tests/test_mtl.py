@@ -164,9 +164,16 @@ def test_manual_tuning(splits, tiny, tmp_path):
                                        "dropout_rate": 0.1, "lr_scheduler_type": "cosine",
                                        "use_attention_pooling": False, "task_weights": [1, 1],
                                        "max_layers_to_freeze": 1}, gradient_clipping=True, max_grad_norm=1.0,
-               gradient_accumulation_steps=2)
+               gradient_accumulation_steps=2, tensorboard_log_dir=tmp_path / "tb")
     res = mtl.run_manual_tuning()
     assert set(res["metrics"]) == {"cell_type", "batch"}
+    # TensorBoard: the running training loss after each of the 2 optimizer steps (54 cells, 16 per batch, 2 batches
+    # per step)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("Training Loss")] == [1, 2]
     assert (tmp_path / "results" / "manual_run_val_preds.csv").is_file()
     from geneformer.models import GeneformerMultiTask
 

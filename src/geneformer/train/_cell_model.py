@@ -144,9 +144,9 @@ def train_cell_model(
     kind = model.config.head_kind
     seqs, flags = prepare_cells(model, train_dataset, vocab, "the training data")
     y = cell_targets(train_dataset, label, kind, model.config.output_size)
-    val_y = None
+    val_seqs = val_y = None
     if validation_dataset is not None:
-        prepare_cells(model, validation_dataset, vocab, "the validation data")
+        val_seqs, _ = prepare_cells(model, validation_dataset, vocab, "the validation data")
         val_y = cell_targets(validation_dataset, label, kind, model.config.output_size)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -156,7 +156,7 @@ def train_cell_model(
     def end_of_epoch(epoch: int, train_loss: float) -> None:
         record = {"epoch": epoch, "train_loss": train_loss}
         if val_y is not None:
-            record.update(_validation_record(model, validation_dataset, val_y, loss_function, vocab, batch_size))
+            record.update(_validation_record(model, val_seqs, val_y, loss_function, vocab, batch_size))
         history.append(record)
         if on_record is not None:
             on_record(record)
