@@ -375,9 +375,8 @@ def test_cell_model_save_pretrained_round_trip(tiny, splits, tmp_path, head):
     assert isinstance(again.config, CellModelConfig)
     np.testing.assert_allclose(cell_outputs(again, data, batch_size=8, progress=False), out, atol=1e-6)
     # the module forward (training) pools as the prediction loop does
-    from geneformer.inference import collate
-
     from geneformer.data import as_sequences
+    from geneformer.inference import collate
 
     ids, mask, _ = collate(as_sequences(data), np.arange(8))
     with torch.no_grad():
