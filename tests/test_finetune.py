@@ -451,6 +451,11 @@ def test_fine_tuning_model_api(tiny_v1, data_dir, tmp_path):
     assert len(ft.history) == 2 and "val_accuracy" in ft.history[-1]
     outputs = ft.get_outputs(dataset, silent=True)
     assert outputs.shape == (12, 3)
+    # the last epoch's validation record describes the final model
+    y = np.asarray(dataset["cell_types"])
+    assert ft.history[-1]["val_accuracy"] == pytest.approx(np.mean(outputs.argmax(1) == y))
+    ce = torch.nn.functional.cross_entropy(torch.from_numpy(outputs), torch.from_numpy(y))
+    assert ft.history[-1]["val_loss"] == pytest.approx(float(ce), rel=1e-5)
     embeddings = ft.get_embeddings(dataset)
     assert embeddings.shape == (12, 32)
     ft.save(tmp_path / "ft")

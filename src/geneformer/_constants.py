@@ -66,3 +66,8 @@ VocabFormat = Literal["json", "pickle"]
 VOCAB_FORMATS: tuple[str, ...] = get_args(VocabFormat)
 #: State of a gene-median sketch: every value kept, or a t-digest per gene.
 DigestMode = Literal["exact", "digest"]
+
+# ---- fine-tuning -------------------------------------------------------------------------------
+#: Built-in heads of the model-card fine-tuning model ("custom": any ``nn.Module``).
+CellHeadKind = Literal["classification", "regression"]
+CELL_HEAD_KINDS: tuple[str, ...] = get_args(CellHeadKind)

@@ -27,6 +27,7 @@ from ._fast_encoder import (
     supports_first_position,
 )
 from ._freeze import freeze_encoder_layers
+from ._heads import CellModelConfig, EncoderWithHead, GeneformerCellModel, build_head, head_loss, load_encoder
 from ._loading import (
     check_model_folder,
     check_vocab_matches,
@@ -45,7 +46,7 @@ from ._loading import (
     write_finetune_meta,
 )
 from ._mlm import GeneformerForMaskedLM, masked_accuracy
-from ._multitask import AttentionPool, GeneformerMultiTask
+from ._multitask import AttentionPool, GeneformerMultiTask, MultiTaskConfig
 from ._zoo import (
     DEFAULT_MODEL,
     HUB_REPO,
@@ -67,4 +68,6 @@ __all__ = [
     "normalise_kind", "quantize_dynamic_int8", "read_finetune_meta", "resolve_device", "resolve_dtype",
     "resolve_model_source", "right_padded_lengths", "supports_fast_embeddings", "supports_fast_layer", "supports_first_position",
     "vocab_version_for_size", "write_finetune_meta",
+    "CellModelConfig", "EncoderWithHead", "GeneformerCellModel", "MultiTaskConfig", "build_head", "head_loss",
+    "load_encoder",
 ]

@@ -1,22 +1,65 @@
-"""TODO docstring."""
+"""The multi-task cell classifier (``MTLClassifier``'s model, SPEC 9.3) as a ``PreTrainedModel``.
+
+A BERT encoder **loaded from the pretrained checkpoint** (the reference builds a randomly initialised
+one), cells pooled by attention pooling that **ignores padding** (the reference lets padding take
+part) or by the first position, dropout, and one Xavier-initialised ``Linear`` head per task; the
+loss is the task-weighted sum of cross-entropies.
+
+The head is described by :class:`MultiTaskConfig` (classes per task, pooling, dropout, task
+weights), so ``save_pretrained``/``from_pretrained`` round-trip the whole model; the folder's
+``bert.*`` weights also open as a ``BertForMaskedLM`` for embeddings and perturbation. Folders
+written before (a plain BERT ``config.json`` plus ``hyperparameters.json``) and the reference's
+(``pytorch_model.bin``) still load: the head fields then come from ``hyperparameters.json`` or the
+weights' shapes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
+from transformers import BertConfig, BertModel, PretrainedConfig
+
+from .._utils import ModelLoadError, atomic_folder, write_json
+from ._freeze import freeze_encoder_layers
+from ._heads import EncoderWithHead, head_config, load_encoder
+
+HYPERPARAMETERS_FILE = "hyperparameters.json"
 
 
-# ------------------------------------------------------------------------------------------------
-# Model
-# ------------------------------------------------------------------------------------------------
-class AttentionPool(nn.Module):
+class MultiTaskConfig(BertConfig):
+    """``BertConfig`` plus the multi-task head: ``num_labels_list`` (classes per task),
+    ``use_attention_pooling``, ``dropout_rate``, ``task_weights`` (the loss weights in use) and
+    ``use_task_weights``."""
+
+    model_type = "bert"  # the folder stays a BERT checkpoint for every other loader
+
+    def __init__(self, num_labels_list: Sequence[int] | None = None, use_attention_pooling: bool = False,
+                 dropout_rate: float = 0.1, task_weights: Sequence[float] | None = None,
+                 use_task_weights: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_labels_list = None if num_labels_list is None else [int(n) for n in num_labels_list]
+        self.use_attention_pooling = bool(use_attention_pooling)
+        self.dropout_rate = float(dropout_rate)
+        self.task_weights = None if task_weights is None else [float(w) for w in task_weights]
+        self.use_task_weights = bool(use_task_weights)
+
+
+def _task_weights(num_labels_list: Sequence[int], use_task_weights: bool, task_weights: Sequence[float] | None
+                  ) -> list[float]:
+    weights = list(task_weights) if (use_task_weights and task_weights is not None) else [1.0] * len(num_labels_list)
+    if len(weights) != len(num_labels_list):
+        raise ValueError(f"{len(weights)} task weights for {len(num_labels_list)} tasks.")
+    return [float(w) for w in weights]
+
+
+# (spelled torch.nn.Module: transformers takes a module defining "class *Attention*(nn.Module)" for
+# one with its own attention layers and then refuses set_attn_implementation on its models)
+class AttentionPool(torch.nn.Module):
     """Softmax-weighted sum over positions, scores ``h · w``; padded positions get zero weight."""
 
     def __init__(self, hidden_size: int) -> None:
@@ -33,72 +76,106 @@ class AttentionPool(nn.Module):
         return (weights * hidden).sum(dim=1)
 
 
-class GeneformerMultiTask(nn.Module):
+class GeneformerMultiTask(EncoderWithHead):
     """BERT encoder + (attention or first-position) pooling + dropout + one linear head per task.
+
+    Built as before from ``(pretrained_path, num_labels_list, dropout_rate, use_task_weights,
+    task_weights, max_layers_to_freeze, use_attention_pooling)`` (the encoder loaded through
+    ``models.load_model``: zoo names, folders, hub ids; ``vocab`` checks its vocabulary size), around
+    a loaded ``encoder=``, from a ``BertConfig`` (``config=``, an untrained model), or from a
+    :class:`MultiTaskConfig` (what ``from_pretrained`` does).
 
     ``forward`` returns ``(total_loss, logits_list, per_task_losses)``; the losses are None without labels.
     """
 
+    config_class = MultiTaskConfig
+
     def __init__(
         self,
-        pretrained_path: str | os.PathLike | None,
-        num_labels_list: Sequence[int],
+        pretrained_path: str | os.PathLike | PretrainedConfig | None = None,
+        num_labels_list: Sequence[int] | None = None,
         dropout_rate: float = 0.1,
         use_task_weights: bool = False,
         task_weights: Sequence[float] | None = None,
         max_layers_to_freeze: int = 0,
         use_attention_pooling: bool = False,
         *,
-        config: Any = None,
+        config: PretrainedConfig | None = None,
+        encoder: BertModel | None = None,
+        vocab: Any = None,
     ) -> None:
-        super().__init__()
-        from transformers import BertModel
-
-        if config is None:
-            if pretrained_path is None:
+        if isinstance(pretrained_path, PretrainedConfig):  # cls(config), as from_pretrained calls it
+            config, pretrained_path = pretrained_path, None
+        if encoder is None and pretrained_path is not None:
+            encoder = load_encoder(pretrained_path, vocab)
+        if num_labels_list is not None:
+            base = encoder.config if encoder is not None else config
+            if base is None:
                 raise ValueError("GeneformerMultiTask needs pretrained_path (or a BertConfig for an untrained model).")
-            self.bert = BertModel.from_pretrained(str(pretrained_path), add_pooling_layer=False,
-                                                  attn_implementation="sdpa")
-        else:
-            self.bert = BertModel(config, add_pooling_layer=False)
-        self.num_labels_list = [int(n) for n in num_labels_list]
-        if any(n < 2 for n in self.num_labels_list):
-            raise ValueError(f"Every task needs at least 2 classes, got {self.num_labels_list}.")
-        hidden = self.bert.config.hidden_size
-        self.use_attention_pooling = bool(use_attention_pooling)
-        self.attention_pool = AttentionPool(hidden) if self.use_attention_pooling else None
-        self.dropout = nn.Dropout(float(dropout_rate))
-        self.classification_heads = nn.ModuleList(nn.Linear(hidden, n) for n in self.num_labels_list)
-        for head in self.classification_heads:
-            nn.init.xavier_uniform_(head.weight)
-            nn.init.zeros_(head.bias)
-        self.use_task_weights = bool(use_task_weights)
-        use = use_task_weights and task_weights is not None
-        weights = list(task_weights) if use else [1.0] * len(num_labels_list)
-        if len(weights) != len(self.num_labels_list):
-            raise ValueError(f"{len(weights)} task weights for {len(self.num_labels_list)} tasks.")
-        self.register_buffer("task_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
-        self.max_layers_to_freeze = int(max_layers_to_freeze or 0)
-        self._freeze(self.max_layers_to_freeze)
+            config = head_config(MultiTaskConfig, base, num_labels_list=num_labels_list,
+                                 use_attention_pooling=use_attention_pooling, dropout_rate=dropout_rate,
+                                 use_task_weights=use_task_weights,
+                                 task_weights=_task_weights(num_labels_list, use_task_weights, task_weights))
+        elif getattr(config, "num_labels_list", None) is None:
+            raise ValueError("GeneformerMultiTask needs num_labels_list (the number of classes of each task).")
+        if any(n < 2 for n in config.num_labels_list):
+            raise ValueError(f"Every task needs at least 2 classes, got {config.num_labels_list}.")
+        if config.task_weights is None:
+            config.task_weights = [1.0] * len(config.num_labels_list)
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.bert = None if encoder is not None else BertModel(config, add_pooling_layer=False)
+        self.attention_pool = AttentionPool(hidden) if config.use_attention_pooling else None
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.classification_heads = nn.ModuleList(nn.Linear(hidden, n) for n in config.num_labels_list)
+        self.post_init()
+        if encoder is not None:
+            self._attach_encoder(encoder)
+        self.max_layers_to_freeze = freeze_encoder_layers(self, max_layers_to_freeze)
+        self.hyperparameters: dict = {}
 
-    def _freeze(self, n: int) -> None:
-        layers = self.bert.encoder.layer
-        if n > len(layers):
-            raise ValueError(f"max_layers_to_freeze={n} but the encoder has {len(layers)} layers.")
-        for layer in layers[:n]:
-            for p in layer.parameters():
-                p.requires_grad = False
+    def _init_weights(self, module: nn.Module) -> None:
+        # the reference's head initialisation: Xavier-uniform weights, zero biases
+        if isinstance(module, AttentionPool):
+            nn.init.xavier_uniform_(module.attention_weights)
+        elif any(module is head for head in self.classification_heads):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    # ---- the head as before ------------------------------------------------------------------------
+    @property
+    def num_labels_list(self) -> list[int]:
+        return list(self.config.num_labels_list)
+
+    @property
+    def use_attention_pooling(self) -> bool:
+        return self.attention_pool is not None
+
+    @property
+    def use_task_weights(self) -> bool:
+        return bool(self.config.use_task_weights)
+
+    @property
+    def task_weights(self) -> torch.Tensor:
+        """The loss weight of each task (1 each without ``use_task_weights``)."""
+        return torch.tensor(self.config.task_weights, dtype=torch.float32)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if self.attention_pool is not None:
             return self.attention_pool(hidden, attention_mask)
         return hidden[:, 0]
 
+    def task_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """Each task's logits from the encoder's last hidden states."""
+        pooled = self.dropout(self.pool(hidden, attention_mask))
+        return [head(pooled) for head in self.classification_heads]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | Sequence[torch.Tensor] | None = None):
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = self.dropout(self.pool(hidden, attention_mask))
-        logits = [head(pooled) for head in self.classification_heads]
+        logits = self.task_logits(hidden, attention_mask)
         if labels is None:
             return None, logits, None
         if isinstance(labels, torch.Tensor):
@@ -108,75 +185,67 @@ class GeneformerMultiTask(nn.Module):
         total = sum(w[t] * losses[t] for t in range(len(losses)))
         return total, logits, losses
 
-    # ---- persistence ---------------------------------------------------------------------------
+    # ---- persistence -------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, hyperparameters: Mapping[str, Any]) -> Path:
-        """Write ``model.safetensors`` (``bert.*``, ``attention_pool.*``, ``classification_heads.*``),
-        ``config.json`` (the BERT config) and ``hyperparameters.json``, atomically."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        cfg = self.bert.config
-        cfg.architectures = ["BertForMaskedLM"]  # so that the folder also opens as the encoder
-        cfg.to_json_file(str(tmp / "config.json"))
+        """``save_pretrained`` (``model.safetensors`` with ``bert.*``, ``attention_pool.*``,
+        ``classification_heads.*``; ``config.json`` describing the head) plus ``hyperparameters.json``,
+        the whole folder written atomically."""
         hp = dict(hyperparameters)
         hp.update(num_labels_list=self.num_labels_list, use_attention_pooling=self.use_attention_pooling,
-                  task_weights=self.task_weights.tolist(), dropout_rate=float(self.dropout.p))
-        (tmp / "hyperparameters.json").write_text(json.dumps(hp, indent=2, default=_json_default))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        return folder
+                  task_weights=list(self.config.task_weights), dropout_rate=float(self.dropout.p))
+        with atomic_folder(folder) as tmp:
+            self.save_pretrained(str(tmp))
+            write_json(tmp / HYPERPARAMETERS_FILE, hp)
+        self.hyperparameters = hp
+        return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> "GeneformerMultiTask":
-        """Rebuild a saved model exactly (pooling, dropout, heads) from its folder."""
-        from transformers import BertConfig
+    def complete_config(cls, config: PretrainedConfig, source: str, **kwargs: Any) -> PretrainedConfig:
+        """Head fields of a folder written before the head was in ``config.json`` (or by the reference):
+        from ``hyperparameters.json``, else from the weights' shapes."""
+        if getattr(config, "num_labels_list", None) is not None:
+            return config
+        folder = Path(source) / (kwargs.get("subfolder") or "")
+        hp = _read_hyperparameters(folder)
+        names = _weight_shapes(folder)
+        n_tasks = sum(1 for k in names if k.startswith("classification_heads.") and k.endswith(".weight"))
+        num_labels = hp.get("num_labels_list") or [names[f"classification_heads.{i}.weight"][0] for i in range(n_tasks)]
+        if not num_labels:
+            raise ModelLoadError(f"{folder} holds no multi-task heads; it is not a saved GeneformerMultiTask folder.")
+        config.num_labels_list = [int(n) for n in num_labels]
+        config.use_attention_pooling = bool(hp.get("use_attention_pooling",
+                                                   any(k.startswith("attention_pool.") for k in names)))
+        config.dropout_rate = float(hp.get("dropout_rate", 0.1))
+        config.task_weights = [float(w) for w in (hp.get("task_weights") or [1.0] * len(num_labels))]
+        config.use_task_weights = True
+        return config
 
-        folder = Path(folder)
-        for f in ("config.json", "hyperparameters.json"):
-            if not (folder / f).is_file():
-                raise FileNotFoundError(f"{folder} has no {f}; it is not a saved GeneformerMultiTask folder.")
-        hp = json.loads((folder / "hyperparameters.json").read_text())
-        config = BertConfig.from_pretrained(str(folder))
-        config._attn_implementation = "sdpa"
-        state = _load_state(folder, map_location)
-        num_labels = hp.get("num_labels_list") or [
-            state[f"classification_heads.{i}.weight"].shape[0]
-            for i in range(sum(1 for k in state if k.startswith("classification_heads.") and k.endswith(".weight")))
-        ]
-        use_pool = hp.get("use_attention_pooling", any(k.startswith("attention_pool.") for k in state))
-        model = cls(None, num_labels, dropout_rate=hp.get("dropout_rate", 0.1), use_task_weights=True,
-                    task_weights=hp.get("task_weights") or [1.0] * len(num_labels), max_layers_to_freeze=0,
-                    use_attention_pooling=use_pool, config=config)
-        state = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}  # reference files carry one
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{folder}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]}).")
-        model.hyperparameters = hp
-        return model.eval()
+    @classmethod
+    def load(cls, folder: str | os.PathLike, map_location: str | torch.device = "cpu", *, vocab: Any = None
+             ) -> GeneformerMultiTask:
+        """Rebuild a saved model exactly (pooling, dropout, heads) from its folder, in eval mode."""
+        model = super().load(folder, vocab=vocab, device=map_location)
+        model.hyperparameters = _read_hyperparameters(Path(folder))
+        return model
 
 
-def _load_state(folder: Path, map_location: Any) -> dict[str, torch.Tensor]:
+def _read_hyperparameters(folder: Path) -> dict:
+    path = folder / HYPERPARAMETERS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _weight_shapes(folder: Path) -> dict[str, tuple]:
+    """Parameter name -> shape of the weights in a model folder (without loading safetensors data)."""
     if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        return load_file(str(folder / "model.safetensors"), device=str(map_location))
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+            # (safe_open is not iterable)
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
     if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location=map_location, weights_only=True)
-    raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin.")
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return {k: tuple(v.shape) for k, v in state.items()}
+    raise ModelLoadError(f"{folder} has neither model.safetensors nor pytorch_model.bin.")
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+__all__ = ["AttentionPool", "GeneformerMultiTask", "MultiTaskConfig"]

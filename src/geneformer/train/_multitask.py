@@ -1,28 +1,23 @@
-"""Multi-task cell classification (``MTLClassifier``, SPEC 9): one encoder, one head per task.
+"""Multi-task cell classification (``MTLClassifier``, SPEC 9): data, one training run, prediction,
+metrics and the prediction tables. The runs themselves (Optuna study, manual run, test evaluation)
+are in :mod:`._multitask_runs`; the model is :class:`geneformer.models.GeneformerMultiTask`.
 
-The encoder is a ``BertModel`` **loaded from the pretrained checkpoint** (the reference builds a
-randomly initialised one). Cells are pooled either by attention pooling that **ignores padding**
-(the reference lets padding take part) or by the first position; after dropout each task has its own
-``Linear`` head, and the loss is the task-weighted sum of cross-entropies.
-
-Training runs through ``accelerate.Accelerator``, so the same code runs on one CPU/GPU or, unchanged,
-on several GPUs or nodes under ``accelerate launch`` / ``torchrun`` (rank 0 writes the files). In an
-Optuna study every process draws the same hyperparameters (seeded sampler, identical gathered
-validation losses), so a distributed study stays in step without extra communication.
-
-Files: ``{results_dir}/task_label_mappings.pkl`` (+ ``_val``), ``{results_dir}/trial_{n}/val_preds.csv``
-(or ``manual_run_val_preds.csv``), ``{results_dir}/test_preds.csv``, and the whole model — encoder,
-pooling and heads — in ``{model_save_path}/GeneformerMultiTask/{model.safetensors, config.json,
-hyperparameters.json}``. The folder also loads as a ``BertForMaskedLM`` (its ``bert.*`` weights) for
-embeddings and perturbation.
+A run trains on the Hugging Face ``Trainer`` (:class:`._heads.HeadTrainer`), so the same code runs on
+one CPU/GPU or, unchanged, on several GPUs or nodes under ``torchrun`` / ``accelerate launch`` (rank 0
+writes the files). The hyperparameters keep the reference's meanings: AdamW (eps 1e-8) with weight
+decay except on biases and LayerNorm weights, frozen layers left out; a linear or cosine schedule
+with ``int(total_steps * warmup_ratio)`` warm-up steps; gradient accumulation and optional clipping.
+Validation runs through the package's forward loop (``inference.iter_forward``) on every process
+over the whole split, so that every process of a distributed study sees the same validation loss
+and Optuna draws the same hyperparameters everywhere.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,15 +26,16 @@ from torch import nn
 
 from .._constants import CELL_ID_COLUMNS
 from ..data import as_sequences
+from ..inference import iter_forward
 from ..models import GeneformerMultiTask
 from ._classification_data import column, sorted_labels
-from ._collators import pad_input_ids
+from ._heads import HeadTrainer, RowCollator, RowDataset, head_training_arguments, training_run
 
 logger = logging.getLogger(__name__)
 
 MODEL_DIR = "GeneformerMultiTask"
 
-DEFAULT_HYPERPARAMETERS: dict[str, dict] = {
+MULTITASK_HYPERPARAMETERS: dict[str, dict] = {
     "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
     "warmup_ratio": {"type": "float", "low": 0.005, "high": 0.01},
     "weight_decay": {"type": "float", "low": 0.01, "high": 0.1},
@@ -47,7 +43,7 @@ DEFAULT_HYPERPARAMETERS: dict[str, dict] = {
     "lr_scheduler_type": {"type": "categorical", "choices": ["cosine"]},
     "task_weights": {"type": "float", "low": 0.1, "high": 2.0},
 }
-DEFAULT_MANUAL_HYPERPARAMETERS: dict[str, Any] = {
+MULTITASK_MANUAL_HYPERPARAMETERS: dict[str, Any] = {
     "learning_rate": 1e-3,
     "warmup_ratio": 0.01,
     "weight_decay": 0.1,
@@ -112,44 +108,9 @@ def load_split(path: Any, task_columns: Sequence[str], mappings: Mapping[str, Ma
     return MTLData(as_sequences(ds), labels, cell_ids)
 
 
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, data: MTLData) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:
-        return self.data.seqs.row(i), self.data.labels[i], i
-
-
-def collate(batch: Sequence[tuple[np.ndarray, np.ndarray, int]], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    ids, att = pad_input_ids([b[0] for b in batch], pad_id)
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(att),
-            "labels": torch.from_numpy(np.stack([b[1] for b in batch])),
-            "index": torch.tensor([b[2] for b in batch], dtype=torch.long)}
-
-
-def make_loader(data: MTLData, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0):
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.utils.data.DataLoader(_Rows(data), batch_size=int(batch_size), shuffle=shuffle, generator=gen,
-                                       collate_fn=collate, num_workers=num_workers,
-                                       pin_memory=torch.cuda.is_available())
-
-
 # ------------------------------------------------------------------------------------------------
-# Training
+# One run
 # ------------------------------------------------------------------------------------------------
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay except biases and LayerNorm weights; frozen parameters left out."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if ("bias" in name or "LayerNorm.weight" in name) else decay).append(p)
-    return [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 @dataclass
 class RunResult:
     """One training run: validation loss and metrics, the trained model (CPU) and its validation outputs."""
@@ -162,24 +123,56 @@ class RunResult:
     rows: np.ndarray
 
 
-def _predict(model, loader, accelerator, n_tasks: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Gathered logits per task, labels and row indices over the whole loader (all processes)."""
-    model.eval()
-    logits: list[list[torch.Tensor]] = [[] for _ in range(n_tasks)]
-    labels, index = [], []
-    with torch.no_grad():
-        for batch in loader:
-            _, lg, _ = model(batch["input_ids"], batch["attention_mask"])
-            gathered = accelerator.gather_for_metrics((tuple(lg), batch["labels"], batch["index"]))
-            for t in range(n_tasks):
-                logits[t].append(gathered[0][t].float().cpu())
-            labels.append(gathered[1].cpu())
-            index.append(gathered[2].cpu())
-    idx = torch.cat(index).numpy()
-    order = np.argsort(idx, kind="stable")
-    return ([torch.cat(l).numpy()[order] for l in logits], torch.cat(labels).numpy()[order], idx[order])
+def train_once(settings: Any, params: Mapping[str, Any], train: MTLData, val: MTLData,
+               num_labels_list: Sequence[int], task_names: Sequence[str], encoder: nn.Module,
+               on_step: Callable[[int, float], None] | None = None) -> RunResult:
+    """Train one model with ``params`` (on a copy of ``encoder``) and evaluate it on ``val``.
+
+    ``settings`` carries the run's fixed options (a ``MultiTaskRun``: seed, batch size, epochs,
+    accumulation, clipping, pooling, ...); ``on_step(step, mean_loss)`` follows the training loss."""
+    from transformers import set_seed
+
+    set_seed(int(settings.seed))  # the heads (and the attention pool) start from the seeded RNG
+    model = GeneformerMultiTask(None, num_labels_list, dropout_rate=params.get("dropout_rate", 0.1),
+                                use_task_weights=settings.use_task_weights, task_weights=params.get("task_weights"),
+                                max_layers_to_freeze=int(params.get("max_layers_to_freeze", 0)),
+                                use_attention_pooling=params.get("use_attention_pooling",
+                                                                 settings.use_attention_pooling),
+                                encoder=copy.deepcopy(encoder))
+    clip = float(settings.max_grad_norm) if settings.gradient_clipping and settings.max_grad_norm else 0.0
+    with training_run(model) as tmp:
+        args = head_training_arguments(
+            tmp, progress=settings.progress, num_train_epochs=int(settings.epochs),
+            per_device_train_batch_size=int(settings.batch_size),
+            gradient_accumulation_steps=int(settings.gradient_accumulation_steps),
+            learning_rate=float(params["learning_rate"]), weight_decay=float(params.get("weight_decay", 0.0)),
+            lr_scheduler_type=params.get("lr_scheduler_type", "linear"), max_grad_norm=clip, optim="adamw_torch",
+            adam_epsilon=1e-8, seed=int(settings.seed), data_seed=int(settings.seed),
+            dataloader_num_workers=int(settings.num_workers))
+        trainer = HeadTrainer(model=model, args=args, train_dataset=RowDataset(len(train)),
+                              data_collator=RowCollator(train.seqs, 0, train.labels),
+                              warmup_ratio=float(params.get("warmup_ratio", 0.0)), on_step=on_step)
+        trainer.train()
+    model = trainer.model
+    logits = predict_tasks(model, val.seqs, batch_size=settings.batch_size, progress=False)
+    val_loss, metrics = evaluate_tasks(logits, val.labels, model.config.task_weights, task_names)
+    return RunResult(val_loss, metrics, model.to("cpu"), logits, val.labels, np.arange(len(val)))
 
 
+def predict_tasks(model: GeneformerMultiTask, seqs: Any, *, batch_size: int | None = None, device: Any = None,
+                  progress: bool | None = None) -> list[np.ndarray]:
+    """(N, classes) logits of each task, in input order, through the package's forward loop."""
+    logits = [np.zeros((len(seqs), n), dtype=np.float32) for n in model.num_labels_list]
+    for batch in iter_forward(model, seqs, batch_size=batch_size, device=device, validate=False, progress=progress,
+                              desc="multi-task predictions"):
+        for t, lg in enumerate(model.task_logits(batch.hidden, batch.attention_mask)):
+            logits[t][batch.rows] = lg.float().cpu().numpy()
+    return logits
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics and tables
+# ------------------------------------------------------------------------------------------------
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -207,6 +200,10 @@ def evaluate_tasks(logits: list[np.ndarray], labels: np.ndarray, weights: Sequen
     return total, metrics
 
 
+def _probabilities_text(probs: np.ndarray) -> list[str]:
+    return [",".join(f"{p:.6g}" for p in row) for row in probs]
+
+
 def val_predictions_table(logits, labels, cell_ids, task_names, inverse_maps) -> pd.DataFrame:
     """SPEC 9.4 columns: Cell ID, then per task true/pred index and label, all probabilities, one per class."""
     df = pd.DataFrame({"Cell ID": list(cell_ids)})
@@ -218,66 +215,39 @@ def val_predictions_table(logits, labels, cell_ids, task_names, inverse_maps) ->
         df[f"{name}_pred_idx"] = pred
         df[f"{name}_true_label"] = [inv.get(int(i)) for i in labels[:, t]]
         df[f"{name}_pred_label"] = [inv[int(i)] for i in pred]
-        df[f"{name}_all_probs"] = [",".join(f"{p:.6g}" for p in row) for row in probs]
+        df[f"{name}_all_probs"] = _probabilities_text(probs)
         for c in range(probs.shape[1]):
             df[f"{name}_prob_{inv[c]}"] = probs[:, c]
     return df
 
 
-def train_once(config: Mapping[str, Any], params: Mapping[str, Any], train: MTLData, val: MTLData,
-               num_labels_list: Sequence[int], task_names: Sequence[str], accelerator: Any,
-               writer: Any = None) -> RunResult:
-    """Train one model with ``params`` and evaluate it on ``val``."""
-    from transformers import get_scheduler, set_seed
-
-    set_seed(int(config["seed"]))
-    model = GeneformerMultiTask(config["pretrained_path"], num_labels_list,
-                                dropout_rate=params.get("dropout_rate", 0.1),
-                                use_task_weights=config["use_task_weights"], task_weights=params.get("task_weights"),
-                                max_layers_to_freeze=int(params.get("max_layers_to_freeze", 0)),
-                                use_attention_pooling=params.get("use_attention_pooling",
-                                                                 config["use_attention_pooling"]))
-    optimizer = torch.optim.AdamW(optimizer_groups(model, params.get("weight_decay", 0.0)),
-                                  lr=float(params["learning_rate"]), eps=1e-8)
-    train_loader = make_loader(train, config["batch_size"], True, config["seed"], config.get("num_workers", 0))
-    val_loader = make_loader(val, config["batch_size"], False, config["seed"], config.get("num_workers", 0))
-    accum = int(config.get("gradient_accumulation_steps", 1))
-    epochs = int(config["epochs"])
-    total_steps = math.ceil(len(train_loader) / accum) * epochs
-    scheduler = get_scheduler(params.get("lr_scheduler_type", "linear"), optimizer,
-                              num_warmup_steps=int(total_steps * float(params.get("warmup_ratio", 0.0))),
-                              num_training_steps=total_steps)
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
-    clip = config.get("gradient_clipping") and config.get("max_grad_norm")
-    from tqdm.auto import tqdm
-
-    step, running = 0, 0.0
-    for epoch in range(epochs):
-        model.train()
-        bar = tqdm(train_loader, desc=f"MTL epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not (config.get("progress", True) and accelerator.is_main_process))
-        for batch in bar:
-            with accelerator.accumulate(model):
-                loss, _, _ = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if clip:
-                        accelerator.clip_grad_norm_(model.parameters(), float(config["max_grad_norm"]))
-                    step += 1
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            running += float(loss.detach())
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-            if writer is not None and accelerator.sync_gradients:
-                writer.add_scalar("Training Loss", running / max(1, step), step)
-    unwrapped = accelerator.unwrap_model(model)
-    logits, labels, idx = _predict(model, val_loader, accelerator, len(task_names))
-    weights = unwrapped.task_weights.tolist()
-    val_loss, metrics = evaluate_tasks(logits, labels, weights, task_names)
-    accelerator.free_memory()
-    return RunResult(val_loss, metrics, unwrapped.to("cpu"), logits, labels, idx)
+def predictions_table(logits, cell_ids, task_names, inverse_maps) -> pd.DataFrame:
+    """SPEC 9.4 test columns: Cell ID, then per task ``{task} Prediction`` and ``{task} Probabilities``."""
+    df = pd.DataFrame({"Cell ID": list(cell_ids)})
+    for t, name in enumerate(task_names):
+        probs = _softmax(logits[t])
+        df[f"{name} Prediction"] = [inverse_maps[name][int(i)] for i in probs.argmax(1)]
+        df[f"{name} Probabilities"] = _probabilities_text(probs)
+    return df
 
 
-__all__ = ["AttentionPool", "GeneformerMultiTask", "MTLClassifier", "label_mappings"]
+def inverse_mappings(mappings: Mapping[str, Mapping[Any, int]]) -> dict[str, dict[int, Any]]:
+    """``{task: {index: label}}``."""
+    return {c: {i: lab for lab, i in m.items()} for c, m in mappings.items()}
+
+
+__all__ = [
+    "MODEL_DIR",
+    "MULTITASK_HYPERPARAMETERS",
+    "MULTITASK_MANUAL_HYPERPARAMETERS",
+    "MTLData",
+    "RunResult",
+    "evaluate_tasks",
+    "inverse_mappings",
+    "label_mappings",
+    "load_split",
+    "predict_tasks",
+    "predictions_table",
+    "train_once",
+    "val_predictions_table",
+]
