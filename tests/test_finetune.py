@@ -161,7 +161,7 @@ def test_balance_attr_splits_uses_best_trial():
     """When no trial passes the threshold the best one (not the last) is used."""
     import pandas as pd
 
-    from geneformer.train._classification_data import balance_attr_splits
+    from geneformer.train._classification_splits import balance_attr_splits
 
     table = pd.DataFrame({"pid": [f"p{i}" for i in range(6)], "score": [1, 2, 3, 100, 200, 300],
                           "label": ["a", "b", "a", "b", "a", "b"]})
@@ -256,7 +256,7 @@ def test_evaluation_scores_every_example_and_breaks_ties_low():
 def test_predict_keeps_last_example(pbmc, tiny_v1):
     """N % batch == 1 used to drop the last cell in the reference."""
     from geneformer.models import load_model
-    from geneformer.train._evaluation import predict
+    from geneformer.train._evaluation import predict_classes as predict
 
     ds = datasets.load_from_disk(str(pbmc)).select(range(17))
     model = load_model(tiny_v1, kind="cell_classifier", num_labels=3)
@@ -322,7 +322,7 @@ def test_gene_train_all_data_and_predict(pbmc, tiny_v1, vocab_v1, tmp_path):
 
 
 def test_gene_cross_validation_partitions_genes():
-    from geneformer.train._classification_data import gene_folds
+    from geneformer.train._classification_genes import gene_folds
 
     token_class = {t: t % 2 for t in range(100, 130)}
     folds = gene_folds(token_class, 5, 0.1, 0.1)
@@ -415,7 +415,7 @@ def test_quantized_loading_needs_cuda():
 
 def test_int8_dynamic_quantization(pbmc, tiny_v1):
     from geneformer.models import load_model
-    from geneformer.train._evaluation import predict
+    from geneformer.train._evaluation import predict_classes as predict
     from geneformer.models import model_size_mb, quantize_dynamic_int8
 
     model = load_model(tiny_v1, kind="cell_classifier", num_labels=3)
