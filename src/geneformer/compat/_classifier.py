@@ -27,7 +27,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import pandas as pd
 
@@ -379,7 +379,7 @@ class Classifier:
         output_directory: str | os.PathLike,
         n_trials: int = 100,
         *,
-        direction: str = "maximize",
+        direction: Literal["maximize", "minimize"] = "maximize",
         metric: str = "eval_macro_f1",
         pruner: Any = "median",
     ) -> HyperoptResult:

@@ -40,7 +40,8 @@ def load_pickle(path: str | os.PathLike) -> Any:
         return pickle.load(fh)
 
 
-# kept for compat/_mtl_classifier.py, which still writes through these names (argument order of old)
+# compat/_mtl_classifier.py still writes through these two names (object first); they only forward to
+# _utils and go once it calls _utils directly
 def save_pickle(obj: Any, path: str | os.PathLike) -> Path:
     return write_pickle(path, obj)
 

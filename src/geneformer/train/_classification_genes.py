@@ -109,16 +109,6 @@ def label_gene_tokens(ds: Any, token_class: Mapping[int, int], vocab_size: int) 
     return ds.map(_label, batched=True, keep_in_memory=True, desc=None)
 
 
-def gene_token_counts(ds: Any, token_class: Mapping[int, int]) -> Counter:
-    """Occurrences of each class's tokens over all cells (for gene balancing)."""
-    seqs = as_sequences(ds)
-    vals = seqs.values
-    out: Counter = Counter()
-    for t, c in token_class.items():
-        out[c] += int(np.count_nonzero(vals == int(t)))
-    return out
-
-
 def balance_gene_classes(ds: Any, token_class: dict[int, int], max_trials: int = 25) -> dict[int, int]:
     """Binary gene tasks: drop random majority-class genes until token occurrences are within 0.8-1.25."""
     classes = sorted(set(token_class.values()))

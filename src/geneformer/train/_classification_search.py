@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from .._utils import atomic_folder, doc_params, move_contents
 from . import _hyperopt as ho
@@ -48,7 +48,7 @@ def search_classifier(
     *,
     id_class_dict: Mapping[int, Any] | None = None,
     n_trials: int = 100,
-    direction: str = "maximize",
+    direction: Literal["maximize", "minimize"] = "maximize",
     metric: str = "eval_macro_f1",
     pruner: Any = "median",
 ) -> ho.HyperoptResult:

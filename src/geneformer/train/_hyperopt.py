@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 
 from transformers import TrainerCallback
 
-from .._utils import write_csv, write_json
+from .._utils import check_positive_int, write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -187,11 +187,10 @@ def run_search(objective: Callable[[Any], float], n_trials: int, output_director
     """Run ``n_trials`` of ``objective`` and return the study (trials table written as CSV)."""
     import optuna
 
-    if int(n_trials) < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}.")
+    n_trials = check_positive_int("n_trials", n_trials)
     study = create_study(output_directory, direction=direction, seed=seed, study_name=study_name,
                          pruner=pruner, storage=storage)
-    study.optimize(objective, n_trials=int(n_trials), catch=())
+    study.optimize(objective, n_trials=n_trials, catch=())
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise RuntimeError(f"All {len(study.trials)} trials were pruned or failed; widen the search space.")
