@@ -81,7 +81,7 @@ def main() -> None:
     from geneformer.compat import Classifier
     from geneformer.tokenization import tokenize_anndata
     from geneformer.train import pretrain
-    from geneformer.train._classification_data import load_id_class_dict, save_dataset
+    from geneformer.train import load_id_class_dict
     from geneformer.models import load_finetuned, quantize_dynamic_int8
 
     warnings.filterwarnings("ignore")
@@ -106,8 +106,8 @@ def main() -> None:
                                      custom_attr_name_dict=attrs, model_input_size=args.max_len)
         test_tok = tokenize_anndata(adata[np.sort(idx_test)].copy(), "V1", gene_id_column="ensembl_id",
                                     custom_attr_name_dict=attrs, model_input_size=args.max_len)
-    save_dataset(train_tok, work / "train_tokens.dataset")
-    save_dataset(test_tok, work / "test_tokens.dataset")
+    train_tok.save_to_disk(str(work / "train_tokens.dataset"))
+    test_tok.save_to_disk(str(work / "test_tokens.dataset"))
     print(f"tokens per cell: mean {np.mean(train_tok['length']):.0f}, max {max(train_tok['length'])}")
 
     # ---- (a) pretraining ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 torch = pytest.importorskip("torch")
 datasets = pytest.importorskip("datasets")
@@ -161,7 +162,7 @@ def test_balance_attr_splits_uses_best_trial():
     """When no trial passes the threshold the best one (not the last) is used."""
     import pandas as pd
 
-    from geneformer.train._classification_data import balance_attr_splits
+    from geneformer.train._classification_splits import balance_attr_splits
 
     table = pd.DataFrame({"pid": [f"p{i}" for i in range(6)], "score": [1, 2, 3, 100, 200, 300],
                           "label": ["a", "b", "a", "b", "a", "b"]})
@@ -189,17 +190,34 @@ def test_cell_classifier_end_to_end(pbmc, tiny_v1, tmp_path):
     n_train = len(datasets.load_from_disk(str(paths["train"])))
     n_eval = int(conf.to_numpy().sum())
     assert n_eval == round(n_train * cc.eval_size)  # every evaluation cell scored
-    assert 0 <= metrics["macro_f1"][0] <= 1 and 0 <= metrics["acc"][0] <= 1
     pred = pickle.loads((ksplit / "pb_pred_dict.pkl").read_bytes())
     assert len(pred["cell_ids"]) == n_eval and all(isinstance(c, str) for c in pred["cell_ids"])
     assert all(isinstance(p, int) for p in pred["pred_ids"])
-    assert cc.evaluate_model  # smoke
+    # the metrics are those of the saved predictions (recomputed with scikit-learn)
+    y, p = np.asarray(pred["label_ids"]), np.asarray(pred["pred_ids"])
+    assert p.tolist() == np.asarray(pred["predictions"]).argmax(1).tolist()
+    assert metrics["macro_f1"][0] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+    assert metrics["acc"][0] == pytest.approx(accuracy_score(y, p))
+    np.testing.assert_array_equal(conf.to_numpy(), confusion_matrix(y, p, labels=[0, 1, 2]))
+    # the saved model is the evaluated one: scoring it again on the evaluation cells gives the same metrics
+    from geneformer.models import load_finetuned
+    from geneformer.train._classification_data import select_rows
+
+    train = datasets.load_from_disk(str(paths["train"]))
+    eval_ids = set(pred["cell_ids"])
+    eval_ds = select_rows(train, [i for i, c in enumerate(train["cell_id"]) if c in eval_ids])
+    again = cc.evaluate_model(load_finetuned(ksplit, "cell_classifier"), 3, dict(enumerate(CLASSES)), eval_ds)
+    assert again["conf_mat"].equals(conf) and again["macro_f1"] == pytest.approx(metrics["macro_f1"][0])
 
     # evaluation of the saved model on the held-out test split
     test_metrics = cc.evaluate_saved_model(ksplit, paths["id_class_dict"], paths["test"], tmp_path, "pb_test")
     assert (tmp_path / "pb_test_test_metrics_dict.pkl").is_file()
     assert int(test_metrics["conf_matrix"].to_numpy().sum()) == len(datasets.load_from_disk(str(paths["test"])))
-    assert test_metrics["roc_auc"] is None or 0 <= test_metrics["roc_auc"] <= 1
+    tp = pickle.loads((tmp_path / "pb_test_pred_dict.pkl").read_bytes())
+    probs = torch.softmax(torch.tensor(tp["predictions"]), 1).numpy()
+    assert test_metrics["roc_auc"] == pytest.approx(roc_auc_score(tp["label_ids"], probs, multi_class="ovr"))
+    assert test_metrics["macro_f1"] == pytest.approx(
+        f1_score(tp["label_ids"], tp["pred_ids"], average="macro", zero_division=0))
     assert set(test_metrics["class_report"]) >= set(CLASSES)
 
     # plots: PDF and PNG, non-empty
@@ -210,11 +228,8 @@ def test_cell_classifier_end_to_end(pbmc, tiny_v1, tmp_path):
     assert png.name == "pb_pred.png" and png.stat().st_size > 0
 
     # a second training into the same folder is refused (would overwrite the model)
-    from geneformer.train._classification_data import select_rows
-
-    ds = datasets.load_from_disk(str(paths["train"]))
     with pytest.raises(ValueError, match="already holds a trained model"):
-        cc.train_classifier(tiny_v1, 3, select_rows(ds, range(20)), None, ksplit)
+        cc.train_classifier(tiny_v1, 3, select_rows(train, range(20)), None, ksplit)
 
 
 def test_resume_from_checkpoint(pbmc, tiny_v1, tmp_path):
@@ -256,7 +271,7 @@ def test_evaluation_scores_every_example_and_breaks_ties_low():
 def test_predict_keeps_last_example(pbmc, tiny_v1):
     """N % batch == 1 used to drop the last cell in the reference."""
     from geneformer.models import load_model
-    from geneformer.train._evaluation import predict
+    from geneformer.train._evaluation import predict_classes as predict
 
     ds = datasets.load_from_disk(str(pbmc)).select(range(17))
     model = load_model(tiny_v1, kind="cell_classifier", num_labels=3)
@@ -298,7 +313,14 @@ def test_gene_classifier_end_to_end(pbmc, tiny_v1, vocab_v1, tmp_path, caplog):
 
     assert not labelled_tokens(train) & labelled_tokens(valid)
     roc = metrics["all_roc_metrics"]
-    assert roc is not None and 0 <= roc["roc_auc"] <= 1 and len(roc["mean_tpr"]) == 100
+    assert len(roc["mean_tpr"]) == 100
+    # one fold: its ROC-AUC and macro-F1 are those of the saved gene predictions
+    gp = pickle.loads((ksplit / "g_pred_dict.pkl").read_bytes())
+    p1 = torch.softmax(torch.tensor(gp["predictions"]), 1)[:, 1].numpy()
+    assert roc["roc_auc"] == pytest.approx(roc_auc_score(gp["label_ids"], p1))
+    assert metrics["macro_f1"][0] == pytest.approx(
+        f1_score(gp["label_ids"], gp["pred_ids"], average="macro", zero_division=0))
+    assert set(gp["token_ids"]) <= labelled_tokens(valid)
     assert (out / "g_test_metrics_dict.pkl").is_file()
     path = gc.plot_roc({"tiny": roc}, {"tiny": {"color": "red"}}, "ROC", tmp_path, "g")
     assert path.name == "g_roc.pdf" and path.stat().st_size > 0
@@ -322,7 +344,7 @@ def test_gene_train_all_data_and_predict(pbmc, tiny_v1, vocab_v1, tmp_path):
 
 
 def test_gene_cross_validation_partitions_genes():
-    from geneformer.train._classification_data import gene_folds
+    from geneformer.train._classification_genes import gene_folds
 
     token_class = {t: t % 2 for t in range(100, 130)}
     folds = gene_folds(token_class, 5, 0.1, 0.1)
@@ -415,7 +437,7 @@ def test_quantized_loading_needs_cuda():
 
 def test_int8_dynamic_quantization(pbmc, tiny_v1):
     from geneformer.models import load_model
-    from geneformer.train._evaluation import predict
+    from geneformer.train._evaluation import predict_classes as predict
     from geneformer.models import model_size_mb, quantize_dynamic_int8
 
     model = load_model(tiny_v1, kind="cell_classifier", num_labels=3)
@@ -466,6 +488,22 @@ def test_fine_tuning_model_api(tiny_v1, data_dir, tmp_path):
     reg = GeneformerFineTuningModel(geneformer_config=config, fine_tuning_head="regression", output_size=1)
     reg.train(train_dataset=dataset.add_column("y", [float(i) for i in range(12)]), label="y", silent=True)
     assert reg.get_outputs(dataset, silent=True).shape == (12, 1)
+
+
+def test_finetune_gene_classifier(pbmc, tiny_v1, vocab_v1, tmp_path):
+    from geneformer.train import finetune
+
+    res = finetune(pbmc, tiny_v1, tmp_path / "g", classifier="gene", gene_class_dict=_gene_class_dict(pbmc, vocab_v1),
+                   epochs=1, learning_rate=1e-3, batch_size=16, progress=False)
+    m = res.metrics
+    assert m["classes"] == ["dosage_sensitive", "dosage_insensitive"] and m["classifier"] == "gene"
+    assert (tmp_path / "g" / "finetune_roc.png").stat().st_size > 0  # a binary task's ROC, from one evaluation
+    test = datasets.load_from_disk(str(tmp_path / "g" / "data" / "finetune_labeled_test.dataset"))
+    assert m["n_test"] == len(test)
+    pred = pickle.loads((tmp_path / "g" / "finetune_pred_dict.pkl").read_bytes())
+    assert m["macro_f1"] == pytest.approx(f1_score(pred["label_ids"], pred["pred_ids"], average="macro",
+                                                   zero_division=0))
+    assert json.loads((tmp_path / "g" / "metrics.json").read_text()) == m
 
 
 def test_cli_finetune_and_predict(pbmc, tiny_v1, tmp_path):

@@ -65,7 +65,7 @@ def finetune_command(
         res = finetune(dataset, model, output, label=label, classifier=classifier, gene_class_dict=gcd,
                        epochs=epochs, learning_rate=lr, batch_size=batch_size, freeze_layers=freeze_layers,
                        lora=lora, n_trials=n_trials, test_size=test_size, seed=seed, max_ncells=max_ncells,
-                       class_weights="balanced" if class_weights else None, progress=not quiet)
+                       class_weights="balanced" if class_weights else None, progress=False if quiet else None)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     m = res.metrics
@@ -85,7 +85,8 @@ def predict_command(
     from ..train import predict
 
     try:
-        table = predict(dataset, model, output, batch_size=batch_size, device=device, progress=not quiet)
+        table = predict(dataset, model, output, batch_size=batch_size, device=device,
+                        progress=False if quiet else None)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"Wrote {len(table)} predictions to {output}")

@@ -9,9 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .._constants import IGNORE_INDEX
-from ..train._classification_data import load_id_class_dict, load_pickle
-from ._base import pyplot, save
+from ._base import check_plot_format, pyplot, save
 
 
 def plot_confusion_matrix(conf_mat: pd.DataFrame, title: str, output_path: Path,
@@ -40,17 +38,37 @@ def plot_confusion_matrix(conf_mat: pd.DataFrame, title: str, output_path: Path,
         plt.close(fig)
 
 
-def plot_roc(roc_metric_dict: Mapping[str, dict], model_style_dict: Mapping[str, dict] | None, title: str,
+def plot_confusion_matrices(conf_mats: Mapping[str, Any] | pd.DataFrame, output_directory: str | os.PathLike,
+                            output_prefix: str, custom_class_order: Sequence[Any] | None = None,
+                            fmt: str = "pdf") -> list[Path]:
+    """One confusion matrix per model: ``{prefix}_conf_mat.{fmt}``, or ``{prefix}_{name}_conf_mat.{fmt}``
+    when several are given. Values are DataFrames or metrics dicts (``conf_matrix`` / ``conf_mat``)."""
+    fmt = check_plot_format(fmt)
+    if isinstance(conf_mats, pd.DataFrame):
+        conf_mats = {"Geneformer": conf_mats}
+    paths = []
+    for name, cm in conf_mats.items():
+        if isinstance(cm, Mapping):
+            cm = cm.get("conf_matrix", cm.get("conf_mat"))
+        stem = f"{output_prefix}_conf_mat" if len(conf_mats) == 1 else f"{output_prefix}_{name}_conf_mat"
+        paths.append(plot_confusion_matrix(cm, name, Path(output_directory) / f"{stem}.{fmt}", custom_class_order))
+    return paths
+
+
+def plot_roc(roc_metric_dict: Mapping[str, dict | None], model_style_dict: Mapping[str, dict] | None, title: str,
              output_path: Path) -> Path:
-    """Mean ROC curve per model (label with AUC, ± sd over folds) plus the diagonal."""
+    """Mean ROC curve per model (label with AUC, ± sd over folds) plus the diagonal; models without
+    ROC metrics (None: not binary) are left out."""
+    usable = {k: v for k, v in roc_metric_dict.items() if v is not None}
+    if not usable:
+        raise ValueError("No ROC metrics to plot (ROC curves exist for binary classifiers only).")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    for name, m in roc_metric_dict.items():
-        if m is None:
-            continue
+    for name, m in usable.items():
         style = dict((model_style_dict or {}).get(name, {}))
         auc_txt = f"AUC {m['roc_auc']:.2f}"
-        if len(m.get("all_roc_auc", [])) > 1:
+        # a single evaluation records its AUC as a number, pooled folds as a list
+        if np.size(m.get("all_roc_auc", [])) > 1:
             auc_txt += f" ± {m.get('roc_auc_sd', 0):.2f}"
         ax.plot(m["mean_fpr"], m["mean_tpr"], label=f"{name} ({auc_txt})", lw=2, **style)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, linestyle="--")
@@ -62,25 +80,15 @@ def plot_roc(roc_metric_dict: Mapping[str, dict], model_style_dict: Mapping[str,
         plt.close(fig)
 
 
-def plot_predictions(predictions_file: str | os.PathLike, id_class_dict: Mapping[int, Any] | str | os.PathLike,
-                     title: str, output_path: Path, custom_class_order: Sequence[Any] | None = None,
+def plot_predictions(logits: np.ndarray, label_ids: np.ndarray, id_class_dict: Mapping[int, Any], title: str,
+                     output_path: Path, custom_class_order: Sequence[Any] | None = None,
                      kwargs_dict: Mapping[str, Any] | None = None) -> Path:
-    """Clustered heat map of the raw logits: rows = items sorted by true class, columns = classes."""
+    """Clustered heat map of the raw logits (items x classes): rows = items sorted by true class
+    (``label_ids``), columns = classes."""
     import seaborn as sns
 
     plt = pyplot()
-    if not isinstance(id_class_dict, Mapping):
-        id_class_dict = load_id_class_dict(id_class_dict)
-    obj = load_pickle(predictions_file)
-    if isinstance(obj, Mapping):
-        logits = np.asarray(obj["predictions"], dtype=float)
-        labels = np.asarray(obj["label_ids"])
-    else:  # a transformers PredictionOutput
-        logits = np.asarray(obj.predictions, dtype=float)
-        labels = np.asarray(obj.label_ids)
-        if logits.ndim == 3:
-            keep = labels != IGNORE_INDEX
-            logits, labels = logits[keep], labels[keep]
+    logits, labels = np.asarray(logits, dtype=float), np.asarray(label_ids)
     names = [id_class_dict[i] for i in range(len(id_class_dict))]
     df = pd.DataFrame(logits, columns=names)
     df["true"] = [id_class_dict.get(int(i), i) for i in labels]

@@ -1,4 +1,4 @@
-"""Evaluating fine-tuned classifiers: batched prediction, metrics, ROC curves and plots.
+"""Evaluating fine-tuned classifiers: batched prediction, metrics, ROC curves, prediction files.
 
 Prediction uses the shared length-sorted forward pass (:func:`geneformer.inference.run_model`), so
 every example is scored (the reference drops the last one when ``N % batch == 1``), batches are
@@ -9,6 +9,7 @@ the lowest class id (never the string ``"tie"``).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,8 +17,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .._constants import CELL_ID_COLUMNS, IGNORE_INDEX
-from ._classification_data import column, save_pickle, write_csv
+from .._constants import CELL_ID_COLUMNS, IGNORE_INDEX, ClassifierKind
+from .._utils import doc_params, write_csv, write_pickle
+from ..data import as_sequences, check_columns
+from ..inference import run_model
+from ._classification_data import as_id_class_dict, column, load_labelled, load_pickle
+from ._classification_task import DOCS, ClassifierTask
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +55,22 @@ def cell_id_column(ds: Any) -> str | None:
     return next((c for c in CELL_ID_COLUMNS if c in ds.column_names), None)
 
 
-def predict(model: Any, data: Any, *, batch_size: int | None = 100, kind: str = "cell",
-            device: Any = None, progress: bool = True) -> Predictions:
+@doc_params(**DOCS)
+def predict_classes(model: Any, data: Any, *, batch_size: int | None = 100, kind: ClassifierKind = "cell",
+                    device: Any = None, progress: bool | None = None) -> Predictions:
     """Run a cell or gene classifier over a tokenized dataset.
 
     Cell classifiers give one row per cell; gene classifiers one row per position whose ``labels``
     is not -100 (every position when the dataset has no ``labels`` column).
-    """
-    from ..data import as_sequences
-    from ..inference import run_model
 
+    Args:
+        model: a loaded classifier.
+        data: tokenized cells (a Dataset, or anything ``as_sequences`` takes).
+        batch_size: cells per forward pass (None: a token budget).
+        kind: "cell" or "gene".
+        device: where the model runs (None: ``settings.device``).
+        {progress}
+    """
     seqs = as_sequences(data)
     n = len(seqs)
     has_labels = hasattr(data, "column_names") and ("label" in data.column_names or "labels" in data.column_names)
@@ -177,6 +188,19 @@ def aggregate_folds(results: Sequence[dict]) -> dict:
     }
 
 
+def load_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits, label_ids)`` of a ``{prefix}_pred_dict.pkl`` or of a pickled ``PredictionOutput``
+    (``predictions.pkl``; gene positions labelled -100 are left out)."""
+    obj = load_pickle(path)
+    if isinstance(obj, Mapping):
+        return np.asarray(obj["predictions"], dtype=float), np.asarray(obj["label_ids"])
+    logits, labels = np.asarray(obj.predictions, dtype=float), np.asarray(obj.label_ids)
+    if logits.ndim == 3:
+        keep = labels != IGNORE_INDEX
+        logits, labels = logits[keep], labels[keep]
+    return logits, labels
+
+
 def save_predictions(pred: Predictions, data: Any, id_class_dict: Mapping[int, Any], output_directory: Path,
                      output_prefix: str, predict_metadata: Sequence[str] | None = None,
                      token_names: Mapping[int, str] | None = None) -> Path:
@@ -199,7 +223,7 @@ def save_predictions(pred: Predictions, data: Any, id_class_dict: Mapping[int, A
         pred_dict["prediction_metadata"] = meta
     if pred.token_ids is not None:
         pred_dict["token_ids"] = pred.token_ids[keep].tolist()
-    out = save_pickle(pred_dict, Path(output_directory) / f"{output_prefix}_pred_dict.pkl")
+    out = write_pickle(Path(output_directory) / f"{output_prefix}_pred_dict.pkl", pred_dict)
     probs = pred.probabilities[keep]
     table = pd.DataFrame({"cell_id": cell_ids})
     if pred.token_ids is not None:
@@ -212,7 +236,110 @@ def save_predictions(pred: Predictions, data: Any, id_class_dict: Mapping[int, A
     table["pred_label"] = [id_class_dict[int(i)] for i in pred.pred_ids[keep]]
     for i in range(probs.shape[1]):
         table[f"prob_{id_class_dict.get(i, i)}"] = probs[:, i]
-    write_csv(table, Path(output_directory) / f"{output_prefix}_predictions.csv", index=False)
+    write_csv(Path(output_directory) / f"{output_prefix}_predictions.csv", table, index=False)
     return out
+
+
+@doc_params(**DOCS)
+def evaluate_classifier(
+    model: Any,
+    data: Any,
+    id_class_dict: Mapping[int, Any] | str | os.PathLike,
+    task: ClassifierTask,
+    *,
+    num_classes: int | None = None,
+    batch_size: int | None = 100,
+    progress: bool | None = None,
+    predict: bool = False,
+    output_directory: str | os.PathLike | None = None,
+    output_prefix: str | None = None,
+    predict_metadata: Sequence[str] | None = None,
+) -> dict:
+    """Score ``data``: ``{"conf_mat", "macro_f1", "acc", "roc_metrics", "roc_auc", "class_report"}``.
+
+    Args:
+        model: a loaded classifier.
+        data: labelled cells (a folder or Dataset).
+        {id_class_dict}
+        {task}
+        num_classes: checked against ``id_class_dict`` when given.
+        batch_size: cells per forward pass.
+        {progress}
+        predict: write ``{prefix}_pred_dict.pkl`` (pred_ids, label_ids, predictions, cell_ids,
+            prediction_metadata) and ``{prefix}_predictions.csv`` in ``output_directory``.
+        output_directory, output_prefix: where the predictions go.
+        predict_metadata: dataset columns carried into the predictions.
+    """
+    data = load_labelled(data)
+    id_class_dict = as_id_class_dict(id_class_dict)
+    if predict_metadata:
+        check_columns(data, predict_metadata, what="predict_metadata")
+    if num_classes is not None and len(id_class_dict) != num_classes:
+        raise ValueError(f"id_class_dict has {len(id_class_dict)} classes but num_classes={num_classes}.")
+    pred = predict_classes(model, data, batch_size=batch_size, kind=task.kind, progress=progress)
+    result = compute_metrics(pred, id_class_dict)
+    if predict:
+        if output_directory is None or output_prefix is None:
+            raise ValueError("predict=True needs output_directory and output_prefix.")
+        save_predictions(pred, data, id_class_dict, Path(output_directory), output_prefix, predict_metadata,
+                         task.token_names())
+    return result
+
+
+def single_run_metrics(result: Mapping[str, Any]) -> dict:
+    """One evaluation in the format of :func:`aggregate_folds` (scalars; the ROC curve as a one-fold mean)."""
+    roc = result["roc_metrics"]
+    all_roc = None
+    if roc is not None:
+        all_roc = {"mean_tpr": roc["interp_tpr"], "mean_fpr": np.linspace(0, 1, N_ROC_POINTS),
+                   "all_roc_auc": roc["auc"], "roc_auc": roc["auc"], "roc_auc_sd": 0.0}
+    return {"conf_matrix": result["conf_mat"], "macro_f1": result["macro_f1"], "acc": result["acc"],
+            "all_roc_metrics": all_roc, "roc_auc": result["roc_auc"], "class_report": result["class_report"]}
+
+
+@doc_params(**DOCS)
+def evaluate_saved_classifier(
+    model_directory: str | os.PathLike,
+    id_class_dict: Mapping[int, Any] | str | os.PathLike,
+    data: Any,
+    output_directory: str | os.PathLike,
+    output_prefix: str,
+    task: ClassifierTask,
+    *,
+    batch_size: int | None = 100,
+    progress: bool | None = None,
+    predict: bool = True,
+    predict_metadata: Sequence[str] | None = None,
+) -> dict:
+    """Evaluate a fine-tuned folder on held-out data; writes ``{prefix}_test_metrics_dict.pkl`` (and,
+    with ``predict``, the predictions) in ``output_directory``.
+
+    Args:
+        model_directory: the fine-tuned folder (full weights or LoRA adapter).
+        {id_class_dict}
+        data: labelled held-out cells (a folder or Dataset).
+        {output_directory}
+        output_prefix: prefix of the written files.
+        {task}
+        batch_size: cells per forward pass.
+        {progress}
+        predict: also write the predictions.
+        predict_metadata: dataset columns carried into the predictions.
+    """
+    from ..models import load_finetuned
+
+    id_class_dict = as_id_class_dict(id_class_dict)
+    data = load_labelled(data)
+    if predict_metadata:
+        check_columns(data, predict_metadata, what="predict_metadata")
+    model = load_finetuned(model_directory, task.model_type, num_labels=len(id_class_dict))
+    out = Path(output_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    result = evaluate_classifier(model, data, id_class_dict, task, num_classes=len(id_class_dict),
+                                 batch_size=batch_size, progress=progress, predict=predict, output_directory=out,
+                                 output_prefix=output_prefix, predict_metadata=predict_metadata)
+    metrics = single_run_metrics(result)
+    write_pickle(out / f"{output_prefix}_test_metrics_dict.pkl", metrics)
+    return metrics
 
 

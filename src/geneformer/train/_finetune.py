@@ -25,7 +25,18 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from . import _classification_data as cd
+from .. import plotting
+from .._constants import ClassifierKind
+from .._utils import check_choice, check_fraction, doc_params, save_dataset, write_csv, write_json
+from .._utils._docs import doc_filter_data, doc_progress
+from ._classification_data import column, load_labelled, select_rows
+from ._classification_genes import fold_datasets, gene_folds
+from ._classification_prepare import prepare_classifier_data
+from ._classification_search import search_classifier
+from ._classification_splits import two_way_split
+from ._classification_task import CLASSIFIER_KINDS, TrainingOptions, classifier_task
+from ._classification_training import train_classifier
+from ._evaluation import cell_id_column, evaluate_saved_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +74,14 @@ def model_vocab_version(model: str | os.PathLike) -> str:
         raise ValueError(f"{model!r} is neither a model folder (with config.json) nor a zoo model name.") from exc
 
 
+@doc_params(filter_data=doc_filter_data, progress=doc_progress)
 def finetune(
     dataset: Any,
     model: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
     label: str | None = None,
-    classifier: str = "cell",
+    classifier: ClassifierKind = "cell",
     gene_class_dict: Mapping[Any, list] | None = None,
     epochs: float | None = None,
     learning_rate: float | None = None,
@@ -86,7 +98,7 @@ def finetune(
     class_weights: Any = None,
     training_args: Mapping[str, Any] | None = None,
     hyperopt_space: Mapping[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     token_dictionary_file: str | os.PathLike | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on a tokenized ``dataset`` (folder or Dataset) and score a held-out test split.
@@ -94,17 +106,38 @@ def finetune(
     Cell classifiers predict ``label`` (a dataset column); gene classifiers predict the classes of
     ``gene_class_dict`` ({class: [Ensembl IDs]}), with genes (not cells) held out for validation/test.
     ``n_trials > 0`` runs an Optuna search (macro-F1 on the validation split) and keeps the best trial.
-    """
-    from ..compat import Classifier
 
-    if classifier not in ("cell", "gene"):
-        raise ValueError(f"classifier must be 'cell' or 'gene', got {classifier!r}.")
+    Args:
+        dataset: tokenized cells with the label column.
+        model: the pretrained model: a zoo name or a model folder.
+        output_dir: the run folder (its ``model/`` must be new).
+        label: cell classifiers: the dataset column with the classes.
+        classifier: "cell" or "gene".
+        gene_class_dict: gene classifiers: ``{class: [Ensembl IDs]}``.
+        epochs, learning_rate, batch_size: training (None: the reference's defaults).
+        freeze_layers: freeze the first N encoder layers.
+        lora: True or LoraConfig options: train LoRA adapters and the head only.
+        n_trials: > 0: an Optuna search with this many trials.
+        test_size, eval_size: the test and validation fractions.
+        seed: splits, shuffles and training.
+        max_ncells: use at most this many cells.
+        {filter_data}
+        rare_threshold: drop classes with at most this fraction of the cells.
+        class_weights: None, "balanced" or per-class loss weights.
+        training_args: more ``TrainingArguments`` fields.
+        hyperopt_space: the search space (None: the default).
+        {progress}
+        token_dictionary_file: a custom vocabulary's token dictionary (instead of V1/V2).
+    """
+    check_choice("classifier", classifier, CLASSIFIER_KINDS)
     if classifier == "cell" and not label:
         raise ValueError("A cell classifier needs label=<dataset column with the classes>.")
     if classifier == "gene" and not gene_class_dict:
         raise ValueError("A gene classifier needs gene_class_dict={class: [Ensembl IDs]} (--gene-classes FILE).")
-    if not (0 < test_size < 1 and 0 < eval_size < 1 and test_size + eval_size < 1):
-        raise ValueError(f"test_size ({test_size}) and eval_size ({eval_size}) must be in (0, 1) and sum below 1.")
+    check_fraction("test_size", test_size)
+    check_fraction("eval_size", eval_size)
+    if test_size + eval_size >= 1:
+        raise ValueError(f"test_size ({test_size}) and eval_size ({eval_size}) must sum below 1.")
     out = Path(output_dir)
     model_dir = out / "model"
     if model_dir.exists() and any(model_dir.iterdir()):
@@ -119,56 +152,51 @@ def finetune(
     if batch_size is not None:
         targs["per_device_train_batch_size"] = batch_size
         targs["per_device_eval_batch_size"] = batch_size
-    clf = Classifier(
-        classifier=classifier,
-        cell_state_dict={"state_key": label, "states": "all"} if classifier == "cell" else None,
-        gene_class_dict=gene_class_dict if classifier == "gene" else None,
-        filter_data=filter_data, rare_threshold=rare_threshold, max_ncells=max_ncells, training_args=targs,
-        freeze_layers=freeze_layers, model_version=version, lora=lora, class_weights=class_weights, seed=seed,
-        split_sizes={"train": 1 - test_size - eval_size, "valid": eval_size, "test": test_size},
-        hyperopt_space=hyperopt_space, progress=progress, token_dictionary_file=token_dictionary_file,
-    )
+    task = classifier_task(classifier, state_key=label, gene_class_dict=gene_class_dict, model_version=version,
+                           token_dictionary_file=token_dictionary_file)
+    options = TrainingOptions(training_args=targs, freeze_layers=freeze_layers, lora=lora,
+                              class_weights=class_weights, seed=seed, progress=progress, hyperopt_space=hyperopt_space)
     data_dir = out / "data"
-    paths = clf.prepare_data(dataset, data_dir, PREFIX, test_size=test_size)
-    id_class_dict = cd.load_id_class_dict(paths["id_class_dict"])
+    prepared = prepare_classifier_data(dataset, data_dir, PREFIX, task, filter_data=filter_data,
+                                       rare_threshold=rare_threshold, max_ncells=max_ncells, seed=seed,
+                                       test_size=test_size)
+    paths, id_class_dict = prepared.paths, prepared.id_class_dict
     n_classes = len(id_class_dict)
     if classifier == "cell":
-        full = clf._load(paths["train"])
-        labels = cd.column(full, "label")
-        frac = eval_size / (1 - test_size)
-        cd.check_split_counts(labels, frac, "train/validation split", id_class_dict)
-        tr, va = cd.stratified_split(labels, frac, seed=seed)
-        train_ds, eval_ds = cd.select_rows(full, tr), cd.select_rows(full, va)
-        test_ds = clf._load(paths["test"])
+        full = load_labelled(paths["train"])
+        tr, va = two_way_split(full, eval_size / (1 - test_size), sides=("train", "eval"), seed=seed,
+                               id_class_dict=id_class_dict, what="train/validation split")
+        train_ds, eval_ds = select_rows(full, tr), select_rows(full, va)
+        test_ds = load_labelled(paths["test"])
     else:
-        full = clf._load(paths["labeled"])
-        token_class = clf._token_class(id_class_dict)
+        full = load_labelled(paths["labeled"])
+        token_class = task.token_class(id_class_dict)
         n_splits = max(2, int(round(1 / (test_size + eval_size))))
-        tr_genes, va_genes, te_genes = cd.gene_folds(token_class, n_splits, eval_size, test_size, seed=0)[0]
-        train_ds = clf._prep_gene_split(full, {t: token_class[t] for t in tr_genes}, False)
-        eval_ds = clf._prep_gene_split(full, {t: token_class[t] for t in va_genes}, False)
-        test_ds = clf._prep_gene_split(full, {t: token_class[t] for t in te_genes or va_genes}, False)
-        cd.save_dataset(test_ds, data_dir / f"{PREFIX}_labeled_test.dataset")
+        fold = gene_folds(token_class, n_splits, eval_size, test_size, seed=0)[0]
+        train_ds, eval_ds, test_ds = fold_datasets(full, token_class, fold, task.vocab_size, max_ncells=max_ncells,
+                                                   seed=seed)
+        test_ds = eval_ds if test_ds is None else test_ds
+        save_dataset(test_ds, data_dir / f"{PREFIX}_labeled_test.dataset")
 
     if n_trials and n_trials > 0:
-        result = clf.hyperopt_classifier(model, n_classes, train_ds, eval_ds, out / "hyperopt", n_trials=n_trials)
+        result = search_classifier(model, n_classes, train_ds, eval_ds, out / "hyperopt", task, options,
+                                   id_class_dict=id_class_dict, n_trials=n_trials)
         shutil.copytree(result.best_model_dir, model_dir, dirs_exist_ok=True)
     else:
-        clf.train_classifier(model, n_classes, train_ds, eval_ds, model_dir)
+        train_classifier(model, n_classes, train_ds, eval_ds, model_dir, task, options, id_class_dict=id_class_dict)
 
-    metrics = clf.evaluate_saved_model(model_dir, paths["id_class_dict"], test_ds, out, PREFIX)
-    clf.plot_conf_mat({"test": metrics["conf_matrix"]}, out, PREFIX, fmt="png")
+    metrics = evaluate_saved_classifier(model_dir, id_class_dict, test_ds, out, PREFIX, task,
+                                        batch_size=options.forward_batch_size, progress=progress)
+    plotting.plot_confusion_matrices({"test": metrics["conf_matrix"]}, out, PREFIX, fmt="png")
     if metrics.get("all_roc_metrics"):
-        clf.plot_roc({"Geneformer": metrics["all_roc_metrics"]}, None, "Test ROC", out, PREFIX, fmt="png")
+        plotting.plot_roc({"Geneformer": metrics["all_roc_metrics"]}, None, "Test ROC", out / f"{PREFIX}_roc.png")
     summary = {
         "macro_f1": metrics["macro_f1"], "accuracy": metrics["acc"], "roc_auc": metrics.get("roc_auc"),
         "n_train": len(train_ds), "n_validation": len(eval_ds), "n_test": len(test_ds),
         "classes": [str(id_class_dict[i]) for i in range(n_classes)], "classifier": classifier,
         "model": str(model), "vocab": version,
     }
-    tmp = out / f".metrics.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, out / "metrics.json")
+    write_json(out / "metrics.json", summary, default=str)
     return FinetuneResult(out, model_dir, summary, id_class_dict)
 
 
@@ -182,7 +210,7 @@ def _id2label(model: Any, folder: Path) -> dict[int, str]:
 
 
 def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.PathLike | None = None, *,
-            batch_size: int | None = 100, device: Any = None, progress: bool = True) -> pd.DataFrame:
+            batch_size: int | None = 100, device: Any = None, progress: bool | None = None) -> pd.DataFrame:
     """Predict with a fine-tuned folder; writes ``output_csv`` when given and returns the table.
 
     Cell classifiers: ``cell_id`` (when the dataset has one), ``row``, ``pred_label``, ``prob_<class>``.
@@ -194,7 +222,6 @@ def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.Pat
     from ..data import as_sequences, load_tokenized
     from ..inference import run_model
     from ..models import finetuned_kind, load_finetuned, read_finetune_meta
-    from ._evaluation import cell_id_column
 
     folder = Path(model_dir)
     ds = load_tokenized(dataset)
@@ -212,7 +239,7 @@ def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.Pat
         table = pd.DataFrame({"row": np.arange(len(seqs))})
         id_col = cell_id_column(ds)
         if id_col:
-            table.insert(0, "cell_id", cd.column(ds, id_col))
+            table.insert(0, "cell_id", column(ds, id_col))
         table["pred_label"] = [names[i] for i in probs.argmax(1)]
     else:
         vocab_size = int(model.config.vocab_size)
@@ -238,7 +265,7 @@ def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.Pat
     for i, name in enumerate(names):
         table[f"prob_{name}"] = probs[:, i]
     if output_csv is not None:
-        cd.write_csv(table, output_csv, index=False)
+        write_csv(output_csv, table, index=False)
     return table
 
 

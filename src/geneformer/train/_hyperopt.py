@@ -28,6 +28,8 @@ from typing import Any, Callable, Mapping
 
 from transformers import TrainerCallback
 
+from .._utils import check_positive_int, write_csv, write_json
+
 logger = logging.getLogger(__name__)
 
 _KINDS = ("loguniform", "uniform", "int", "logint", "choice")
@@ -167,11 +169,8 @@ def create_study(output_directory: Path | None, *, direction: str, seed: int, st
 
 
 def write_best(output_directory: Path, result: dict) -> Path:
-    path = Path(output_directory) / "best_trial.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    """Record the best trial so far (parameters, value, model folder) in ``best_trial.json``."""
+    return write_json(Path(output_directory) / "best_trial.json", result, default=str)
 
 
 def read_best(output_directory: str | os.PathLike) -> dict:
@@ -188,19 +187,26 @@ def run_search(objective: Callable[[Any], float], n_trials: int, output_director
     """Run ``n_trials`` of ``objective`` and return the study (trials table written as CSV)."""
     import optuna
 
-    if int(n_trials) < 1:
-        raise ValueError(f"n_trials must be >= 1, got {n_trials}.")
+    n_trials = check_positive_int("n_trials", n_trials)
     study = create_study(output_directory, direction=direction, seed=seed, study_name=study_name,
                          pruner=pruner, storage=storage)
-    study.optimize(objective, n_trials=int(n_trials), catch=())
+    study.optimize(objective, n_trials=n_trials, catch=())
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise RuntimeError(f"All {len(study.trials)} trials were pruned or failed; widen the search space.")
     try:
-        df = study.trials_dataframe()
-        from ._classification_data import write_csv
-
-        write_csv(df, Path(output_directory) / "trials.csv", index=False)
+        write_csv(Path(output_directory) / "trials.csv", study.trials_dataframe(), index=False)
     except Exception as exc:  # the table is a convenience; never fail the search for it
         logger.debug("could not write trials.csv: %s", exc)
     return study
+
+
+def study_result(study: Any, output_directory: str | os.PathLike) -> HyperoptResult:
+    """The outcome of a finished search whose objective recorded its best trial with :func:`write_best`."""
+    import optuna
+
+    best = read_best(output_directory)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return HyperoptResult(best_params=best["params"], best_value=best["value"], best_trial=best["trial"],
+                          best_model_dir=Path(best["model_dir"]), study=study,
+                          trials=study.trials_dataframe() if done else None)
