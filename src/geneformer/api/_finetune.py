@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..train import cell_model, cell_outputs, load_fine_tuned, save_fine_tuned, train_cell_model
+from ..train import cell_model, cell_outputs, load_cell_model, save_cell_model, train_cell_model
 from ._config import GeneformerConfig
 from ._model import Geneformer
 
@@ -87,14 +87,14 @@ class GeneformerFineTuningModel(Geneformer):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model (``save_pretrained``: ``config.json`` with the head, ``model.safetensors``)
         and ``fine_tuning.json`` (configuration, head, history)."""
-        return save_fine_tuned(self.model, path, config=asdict(self.config), base_model=self.config.model_name,
+        return save_cell_model(self.model, path, config=asdict(self.config), base_model=self.config.model_name,
                                history=self.history)
 
     @classmethod
     def load(cls, path: str | os.PathLike, fine_tuning_head: nn.Module | None = None,
              **config_overrides: Any) -> GeneformerFineTuningModel:
         """Reload a folder written by :meth:`save` (pass the module again for a custom head)."""
-        model, config, meta = load_fine_tuned(path, fine_tuning_head, **config_overrides)
+        model, config, meta = load_cell_model(path, fine_tuning_head, **config_overrides)
         obj = cls(GeneformerConfig(**config), fine_tuning_head=model.head, output_size=meta.get("output_size"),
                   model=model)
         obj.history = list(meta.get("history") or [])

@@ -5,7 +5,7 @@ training, metrics and the batching pieces (collators, length-grouped sampler, at
 from .._utils import ClassifierDataError, CorpusError
 from ..models import GeneformerForMaskedLM, GeneformerMultiTask, load_finetuned, quantize_dynamic_int8
 from ._architectures import ARCHITECTURES, architecture_config, load_config
-from ._cell_model import cell_model, cell_outputs, cell_targets, load_fine_tuned, save_fine_tuned, train_cell_model
+from ._cell_model import cell_model, cell_outputs, cell_targets, load_cell_model, save_cell_model, train_cell_model
 from ._classification_cv import (
     classifier_output_dir,
     cross_validate_classifier,
@@ -44,8 +44,8 @@ __all__ = [
     "build_classifier_trainer", "cell_model", "cell_outputs", "cell_targets", "check_corpus", "check_data_options",
     "classifier_output_dir", "classifier_task", "config_file", "cross_validate_classifier", "default_training_args",
     "eval_fraction", "evaluate_classifier", "evaluate_multitask", "evaluate_saved_classifier", "finetune",
-    "load_config", "load_fine_tuned", "load_finetuned", "load_id_class_dict", "load_labelled", "load_predictions",
+    "load_config", "load_cell_model", "load_finetuned", "load_id_class_dict", "load_labelled", "load_predictions",
     "make_output_dirs", "predict", "prepare_classifier_data", "pretrain", "quantize_dynamic_int8", "run_multitask",
-    "run_multitask_study", "save_fine_tuned", "save_trained", "search_classifier", "train_cell_model",
+    "run_multitask_study", "save_cell_model", "save_trained", "search_classifier", "train_cell_model",
     "train_classifier", "train_classifier_all_data", "use_fused_attention_dropout",
 ]

@@ -189,7 +189,7 @@ def train_cell_model(
 # ------------------------------------------------------------------------------------------------
 # Folders
 # ------------------------------------------------------------------------------------------------
-def save_fine_tuned(model: GeneformerCellModel, path: str | os.PathLike, *, config: Mapping[str, Any],
+def save_cell_model(model: GeneformerCellModel, path: str | os.PathLike, *, config: Mapping[str, Any],
                     base_model: Any = None, history: list | None = None) -> Path:
     """``save_pretrained`` plus ``fine_tuning.json`` (``config``: the model-card configuration), atomically."""
     meta = {"fine_tuning_head": model.config.head_kind, "output_size": model.config.output_size,
@@ -200,9 +200,9 @@ def save_fine_tuned(model: GeneformerCellModel, path: str | os.PathLike, *, conf
     return Path(path)
 
 
-def load_fine_tuned(path: str | os.PathLike, head: nn.Module | None = None, **config_overrides: Any
+def load_cell_model(path: str | os.PathLike, head: nn.Module | None = None, **config_overrides: Any
                     ) -> tuple[GeneformerCellModel, dict, dict]:
-    """A folder written by :func:`save_fine_tuned` (or by the earlier ``encoder/`` + ``head.safetensors``
+    """A folder written by :func:`save_cell_model` (or by the earlier ``encoder/`` + ``head.safetensors``
     layout): ``(model, model-card configuration with the overrides, fine_tuning.json)``. A custom head
     needs ``head`` (the same module) again."""
     path = Path(path)
@@ -227,5 +227,5 @@ def load_fine_tuned(path: str | os.PathLike, head: nn.Module | None = None, **co
     return model.eval(), config, meta
 
 
-__all__ = ["cell_model", "cell_outputs", "cell_targets", "load_fine_tuned", "prepare_cells", "save_fine_tuned",
+__all__ = ["cell_model", "cell_outputs", "cell_targets", "load_cell_model", "prepare_cells", "save_cell_model",
            "train_cell_model"]

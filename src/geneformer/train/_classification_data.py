@@ -19,8 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .._utils import ClassifierDataError, check_filter_data, check_fraction, check_positive_int, write_pickle
-from .._utils import write_csv as _write_csv
+from .._utils import ClassifierDataError, check_filter_data, check_fraction, check_positive_int
 from ..data import as_sequences, load_tokenized
 from ..data import column_values as column
 
@@ -38,16 +37,6 @@ def load_pickle(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"{path} does not exist.")
     with open(path, "rb") as fh:
         return pickle.load(fh)
-
-
-# compat/_mtl_classifier.py still writes through these two names (object first); they only forward to
-# _utils and go once it calls _utils directly
-def save_pickle(obj: Any, path: str | os.PathLike) -> Path:
-    return write_pickle(path, obj)
-
-
-def write_csv(df: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
-    return _write_csv(path, df, **kwargs)
 
 
 def load_id_class_dict(path: str | os.PathLike) -> dict[int, Any]:
