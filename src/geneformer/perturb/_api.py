@@ -117,6 +117,7 @@ def perturb(
     max_ncells: int | None = None,
     emb_layer: int = -1,
     model_version: str | None = None,
+    vocab: Any = None,
     batch_size: int | None = None,
     device: Any = None,
     dtype: Any = None,
@@ -156,6 +157,8 @@ def perturb(
         {max_ncells}
         {emb_layer}
         model_version: "V1"/"V2" (default: from the model's vocabulary size).
+        vocab: the gene vocabulary: a ``GeneVocab``, a vocabulary folder, or a token dictionary
+            (token → id); None: the published ``model_version`` one.
         {batch_size}
         {device}
         {dtype}
@@ -169,16 +172,22 @@ def perturb(
         resume, keep_parts, write_raw, n_threads: see :func:`run_perturbation`.
         {progress}
         reference_names: ``perturb_rank_shift``, ``forward_batch_size``, ``clear_mem_ncells`` and
-            ``nproc`` are accepted for ``rank_shift``, ``batch_size``, ``rows_per_part`` and ``n_threads``.
+            ``nproc`` are accepted for ``rank_shift``, ``batch_size``, ``rows_per_part`` and ``n_threads``,
+            ``token_dictionary_file`` (a token dictionary's path) for ``vocab``.
 
     Returns:
         The tidy DataFrame (``perturbed``, gene IDs/symbols, ``affected``, ``state``, ``cell``, ``row``
         — the row in ``data`` — ``cell_id``, ``value``), or the parquet path (None on ranks other
         than 0 of a multi-process run).
     """
+    token_file = reference_names.pop("token_dictionary_file", None)
     unknown = sorted(set(reference_names) - set(_REFERENCE_NAMES))
     if unknown:
         raise TypeError(f"perturb() got unexpected keyword argument(s) {unknown}.")
+    if token_file is not None:
+        from ..vocab import load_dict_file
+
+        vocab = load_dict_file(token_file)
     given = {_REFERENCE_NAMES[k]: v for k, v in reference_names.items()}
     rank_shift = given.get("rank_shift", rank_shift)
     batch_size = given.get("batch_size", batch_size)
@@ -189,6 +198,7 @@ def perturb(
 
     loaded = load_model(model, device=device) if isinstance(model, (str, os.PathLike)) else model
     version = check_model_version(model_version or model_vocab_version(loaded) or "V2")
+    vocab = version if vocab is None else vocab
     dataset, obs_rows = _as_dataset(data, loaded, version, state_key, gene_names)
     if emb_mode is None:
         emb_mode = "cls" if version == "V2" else "cell"
@@ -202,13 +212,13 @@ def perturb(
         if states is not None and state_embs is None:
             logger.info("Computing state embeddings for %s", states)
             state_embs = state_embeddings(loaded, dataset, states, mode="cls" if emb_mode.startswith("cls") else "cell",
-                                          emb_layer=emb_layer, vocab=version, device=device, progress=progress)
+                                          emb_layer=emb_layer, vocab=vocab, device=device, progress=progress)
             save_state_embs(state_embs, out_dir / "state_embs.pkl")
         spec = perturbation_spec(
             perturb_type, genes, rank_shift=rank_shift, combos=combos, anchor_gene=anchor_gene, emb_mode=emb_mode,
             cell_states_to_model=states, state_embs=state_embs, filter_data=filter_data, max_ncells=max_ncells,
             cell_inds_to_perturb=cell_inds_to_perturb, emb_layer=emb_layer, batch_size=batch_size,
-            rows_per_part=rows_per_part, token_budget=token_budget, vocab=version, cell_id_column=cell_id_column,
+            rows_per_part=rows_per_part, token_budget=token_budget, vocab=vocab, cell_id_column=cell_id_column,
         )
         path = run_perturbation(loaded, dataset, out_dir, prefix, spec, device=device, dtype=dtype, resume=resume,
                                 keep_parts=keep_parts, write_raw=write_raw, n_threads=n_threads, progress=progress)
@@ -217,7 +227,7 @@ def perturb(
         df = read_results(path)
         if obs_rows is not None:
             df["row"] = obs_rows[df["row"].to_numpy()]
-        if annotate:
+        if annotate and not isinstance(spec.vocab, dict):  # a plain token dictionary has no symbols
             df = annotate_genes(df, spec.vocab)
         return df
     finally:
