@@ -95,7 +95,8 @@ def main() -> None:
         if not args.skip_10m:
             models.append(("random Geneformer-V1-10M", init_model("Geneformer-V1-10M", seed=0)))
         for name, model in models:
-            common = dict(model_version="V1", emb_mode="cell_and_gene", device=args.device)
+            # nproc=None keeps the threads chosen above (the class's default would set min(4, CPUs))
+            common = dict(model_version="V1", emb_mode="cell_and_gene", device=args.device, nproc=args.threads)
             run(f"{name}: delete all, 3 cells", model, pbmc, tmp / f"{name}_all",
                 "delete_all_3" if name == "mini-V1" else None, genes_to_perturb="all", max_ncells=3, **common)
             run(f"{name}: 20-gene list deleted together, 50 cells", model, pbmc, tmp / f"{name}_list",
@@ -104,7 +105,7 @@ def main() -> None:
         run("mini-V2: goal-state delete all, 4 Kang cells (cls)", mini_v2, kang, tmp / "kang", "kang_goal_4",
             genes_to_perturb="all", emb_mode="cls", cell_states_to_model=KANG_STATES,
             state_embs_dict=gold / "embeddings" / "kang_V2_state_embs.pkl", max_ncells=4, model_version="V2",
-            device=args.device)
+            device=args.device, nproc=args.threads)
 
         folder = tmp / "mini-V1_all"
         for mode in ("aggregate_gene_shifts", "mixture_model"):

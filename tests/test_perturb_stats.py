@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from scipy.stats import ranksums
 
-from geneformer.perturb import _results as R
-from geneformer.compat import InSilicoPerturberStats
 from geneformer._utils import check_cell_states as validate_cell_states
-from geneformer.compat._perturber_stats import _ImpactModel
+from geneformer.compat import InSilicoPerturberStats
+from geneformer.perturb import _results as R
 from geneformer.perturb import bh_fdr
+from geneformer.perturb._stats import _ImpactModel
 
 KANG_STATES = {"state_key": "condition", "start_state": "ctrl", "goal_state": "stim", "alt_states": []}
 LIST_GENES = ["ENSG00000198851", "ENSG00000090382", "ENSG00000156738"]  # CD3E, LYZ, MS4A1
@@ -174,7 +174,7 @@ def test_goal_state_shift_with_alt_states_and_gene_files(tokens, tmp_path, monke
     assert df["N_Detections"].tolist() == [len(merged["stim"][(g, "cell_emb")]) for g in genes]
 
     # the null pool is subsampled with random.seed(42) beyond the cap
-    import geneformer.compat._perturber_stats as S
+    import geneformer.perturb._stats_modes as S
 
     monkeypatch.setattr(S, "NULL_POOL_MAX", 20)
     df = stats.get_stats(folder, None, tmp_path / "out", "goal_small").sort_index()
@@ -417,3 +417,19 @@ def test_vs_null_anchor_gene_mode(tokens, tmp_path):
     assert df.loc[toks[1], "N_Detections_null"] == 0 and df.loc[toks[1], "Test_vs_null_pval"] == 1.0
     assert df.loc[toks[4], "N_Detections_null"] == 3
     assert df.loc[toks[4], "Test_vs_null_pval"] == pytest.approx(ranksums([0.8, 0.82], [0.95, 0.97, 0.96]).pvalue)
+
+
+def test_core_stats_functions(golden_dir, tmp_path, vocab_v1):
+    from geneformer.perturb import aggregate_gene_shifts, compute_stats, gene_names, read_shifts, stats_spec
+
+    folder = golden_dir / "perturb" / "V1_delete_list"
+    ref = InSilicoPerturberStats(mode="aggregate_gene_shifts", genes_perturbed=LIST_GENES,
+                                 model_version="V1").get_stats(folder, None, tmp_path, "agg")
+    spec = stats_spec("aggregate_gene_shifts", LIST_GENES, vocab="V1")
+    assert spec.tokens == (17276, 1876, 9969)
+    pd.testing.assert_frame_equal(compute_stats(spec, folder, progress=False), ref)
+    # the mode function over the values of the folder, names from a loaded vocabulary
+    shifts = read_shifts(folder, {"cell", "gene", "mixed"}, progress=False)
+    pd.testing.assert_frame_equal(aggregate_gene_shifts(shifts, gene_names(vocab_v1), group=True), ref)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        stats_spec("nope", vocab="V1")

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from geneformer.compat import InSilicoPerturber, InSilicoPerturberStats
-from geneformer.compat import _perturber as P
 from geneformer.perturb import _results as R
-from geneformer.perturb._engine import RunSettings, forward_first_position, n_perturbations
+from geneformer.perturb import _run as P
 from geneformer.perturb import _transforms as T
+from geneformer.perturb._engine import RunSettings, forward_first_position, n_perturbations
 
 LIST_GENES = ["ENSG00000198851", "ENSG00000090382", "ENSG00000156738"]  # CD3E, LYZ, MS4A1
 KANG_STATES = {"state_key": "condition", "start_state": "ctrl", "goal_state": "stim", "alt_states": []}
@@ -602,6 +602,52 @@ def test_sharded_run_matches_single_process(mini_v1, cells_v1, tmp_path, monkeyp
     monkeypatch.setenv("RANK", "0")
     path = InSilicoPerturber(progress=False, **kw).perturb_data(mini_v1, cells_v1, tmp_path / "shard", "t")
     _tables_equal(tmp_path / "single" / "in_silico_delete_t.parquet", path)
+
+
+def test_nproc_sets_the_forward_threads_and_restores_them(mini_v1, cells_v1, tmp_path, monkeypatch):
+    seen = []
+    real = P.run_part
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(P, "run_part", spy)
+    before = torch.get_num_threads()
+    kw = dict(emb_mode="cell", model_version="V1", clear_mem_ncells=40)
+    _run(tmp_path / "one", mini_v1, cells_v1, nproc=1, **kw)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
+    seen.clear()
+    _run(tmp_path / "many", mini_v1, cells_v1, nproc=10_000, **kw)  # capped at the CPUs this process may use
+    assert set(seen) == {len(os.sched_getaffinity(0))}
+    assert torch.get_num_threads() == before
+    for k, v in _raw(tmp_path / "one", "cell").items():
+        np.testing.assert_allclose(_raw(tmp_path / "many", "cell")[k], v, atol=1e-6)
+    with pytest.raises(ValueError, match="nproc"):
+        InSilicoPerturber(nproc=0, emb_mode="cell", model_version="V1")
+
+
+def test_core_functions_match_the_reference_class(mini_v1, cells_v1, tmp_path):
+    from geneformer.perturb import perturbation_spec, run_perturbation
+
+    kw = dict(emb_mode="cell_and_gene", model_version="V1", clear_mem_ncells=25)
+    _, ref = _run(tmp_path / "class", mini_v1, cells_v1, **kw)
+    spec = perturbation_spec("delete", "all", emb_mode="cell_and_gene", vocab="V1", rows_per_part=25)
+    path = run_perturbation(mini_v1, cells_v1, tmp_path / "core", "t", spec, progress=False)
+    _tables_equal(ref, path)
+    for kind in ("cell", "gene"):
+        assert _raw(tmp_path / "class", kind) == _raw(tmp_path / "core", kind)
+    # the resolution: a gene list drops anchor and combos; an anchor drops the gene level
+    group = perturbation_spec("delete", LIST_GENES, combos=1, anchor_gene=LIST_GENES[0], emb_mode="cell",
+                              vocab="V1")
+    assert group.tokens == (17276, 1876, 9969) and group.combos == 0 and group.anchor_token is None
+    pair = perturbation_spec("delete", combos=1, anchor_gene=LIST_GENES[0], emb_mode="cell_and_gene", vocab="V1")
+    assert pair.emb_mode == "cell" and pair.anchor_token == 17276 and pair.tokens is None
+    for bad, match in [(dict(emb_mode="gene"), "emb_mode must be one of"), (dict(batch_size=0), "batch_size"),
+                       (dict(rows_per_part=0), "rows_per_part"), (dict(emb_layer=1), "emb_layer")]:
+        with pytest.raises(ValueError, match=match):
+            perturbation_spec(**{"emb_mode": "cell", "vocab": "V1", **bad})
 
 
 # ---------------------------------------------------------------------------------------------

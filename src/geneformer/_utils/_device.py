@@ -8,8 +8,8 @@ a ``torchrun`` / ``accelerate launch`` process on GPUs "auto" means the process'
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ._errors import OptionError
 
@@ -138,3 +138,28 @@ def trainer_device_args() -> dict[str, Any]:
     cuda = cuda_available()
     return {"use_cpu": not cuda, "dataloader_pin_memory": cuda,
             "ddp_backend": "gloo" if (not cuda and world_size() > 1) else None}
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """Run a block with ``n`` torch CPU threads (capped at :func:`usable_cpus`), restored afterwards;
+    ``None`` leaves torch's own setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is None:
+        yield before
+        return
+    torch.set_num_threads(max(1, min(int(n), usable_cpus())))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -43,18 +43,16 @@ def perturb_stats(
 ) -> None:
     """Compute perturbation statistics (in silico perturber stats) and write them as a CSV."""
     from .._utils import VocabularyError
-    from ..compat import InSilicoPerturberStats
+    from ..perturb import perturbation_stats, stats_spec
 
     states = None
     if any(v is not None for v in (state_key, start_state, goal_state)) or alt_state:
         states = {"state_key": state_key, "start_state": start_state, "goal_state": goal_state,
                   "alt_states": list(alt_state)}
     try:
-        stats = InSilicoPerturberStats(
-            mode=mode, genes_perturbed=list(genes) if genes else "all", combos=combos, anchor_gene=anchor,
-            cell_states_to_model=states, pickle_suffix=pickle_suffix, model_version=model_version,
-        )
-        df = stats.get_stats(input_dir, null, output, prefix)
+        spec = stats_spec(mode, list(genes) if genes else "all", combos=combos, anchor_gene=anchor,
+                          cell_states_to_model=states, pickle_suffix=pickle_suffix, vocab=model_version)
+        df = perturbation_stats(input_dir, output, prefix, spec, null_dir=null)
     except (VocabularyError, FileNotFoundError, ValueError, KeyError, OSError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from exc

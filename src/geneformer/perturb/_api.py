@@ -6,10 +6,36 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .._constants import ROW_COLUMN, PerturbEmbMode, PerturbType
+from .._utils import check_model_version, doc_params
+from .._utils._docs import (
+    doc_batch_size,
+    doc_device,
+    doc_dtype,
+    doc_emb_layer,
+    doc_filter_data,
+    doc_max_ncells,
+    doc_progress,
+    doc_token_budget,
+)
+from ..embeddings import save_state_embs, state_embeddings
+from ._run import run_perturbation
+from ._spec import (
+    doc_anchor,
+    doc_cell_inds,
+    doc_combos,
+    doc_emb_mode,
+    doc_genes,
+    doc_perturb_type,
+    doc_rank_shift,
+    doc_rows_per_part,
+    perturbation_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +89,23 @@ def annotate_genes(df: pd.DataFrame, vocab: Any) -> pd.DataFrame:
     return out
 
 
+# reference names perturb() accepts for its own arguments
+_REFERENCE_NAMES = {"perturb_rank_shift": "rank_shift", "forward_batch_size": "batch_size",
+                    "clear_mem_ncells": "rows_per_part", "nproc": "n_threads"}
+
+
+@doc_params(perturb_type=doc_perturb_type, genes=doc_genes, emb_mode=doc_emb_mode, rank_shift=doc_rank_shift,
+            combos=doc_combos, anchor=doc_anchor, max_ncells=doc_max_ncells, emb_layer=doc_emb_layer,
+            batch_size=doc_batch_size, device=doc_device, dtype=doc_dtype, filter_data=doc_filter_data,
+            cell_inds=doc_cell_inds, rows_per_part=doc_rows_per_part, token_budget=doc_token_budget,
+            progress=doc_progress)
 def perturb(
     data: Any,
     model: Any,
     genes: str | Sequence[str] = "all",
-    perturb_type: str = "delete",
+    perturb_type: PerturbType = "delete",
     *,
-    emb_mode: str | None = None,
+    emb_mode: PerturbEmbMode | None = None,
     rank_shift: int | None = None,
     combos: int = 0,
     anchor_gene: str | None = None,
@@ -81,6 +117,7 @@ def perturb(
     max_ncells: int | None = None,
     emb_layer: int = -1,
     model_version: str | None = None,
+    vocab: Any = None,
     batch_size: int | None = None,
     device: Any = None,
     dtype: Any = None,
@@ -89,35 +126,79 @@ def perturb(
     gene_names: str | None = None,
     annotate: bool = True,
     return_frame: bool = True,
-    progress: bool = True,
-    **perturber_kwargs: Any,
-) -> pd.DataFrame | Path:
+    filter_data: Mapping[str, Any] | None = None,
+    cell_inds_to_perturb: str | Mapping[str, int] = "all",
+    rows_per_part: int = 1000,
+    token_budget: int | None = None,
+    cell_id_column: str | None = None,
+    resume: bool = True,
+    keep_parts: bool = False,
+    write_raw: bool = True,
+    n_threads: int | None = None,
+    progress: bool | None = None,
+    **reference_names: Any,
+) -> pd.DataFrame | Path | None:
     """Perturb genes in silico and return the tidy results.
 
     Args:
         data: an AnnData (tokenized for the model on the fly; ``gene_names`` names the var column of
             gene IDs/symbols), an ``.h5ad`` path, a tokenized ``datasets.Dataset`` or its folder.
         model: a zoo name, a model folder or a loaded model.
-        genes: "all" (each gene of each cell in turn) or genes (Ensembl IDs or symbols) perturbed together.
-        perturb_type: "delete", "overexpress", "inhibit" or "activate" (the last two need ``rank_shift``).
-        emb_mode: "cell", "cls", "cell_and_gene" or "cls_and_gene"; default "cls" for V2 models,
-            "cell" for V1.
+        {genes}
+        {perturb_type}
+        {emb_mode} Default "cls" for V2 models, "cell" for V1.
+        {rank_shift}
+        {combos}
+        {anchor}
         state_key, start_state, goal_state, alt_states: goal-state modelling: only ``start_state``
             cells are perturbed and the shift towards each state is measured. ``state_embs``
-            ({state: vector} or a pickle path) defaults to mean embeddings of each state's cells.
+            ({state: vector} or a pickle path) defaults to mean embeddings of each state's cells
+            (written to ``state_embs.pkl`` in the output folder).
+        {max_ncells}
+        {emb_layer}
+        model_version: "V1"/"V2" (default: from the model's vocabulary size).
+        vocab: the gene vocabulary: a ``GeneVocab``, a vocabulary folder, or a token dictionary
+            (token → id); None: the published ``model_version`` one.
+        {batch_size}
+        {device}
+        {dtype}
         output_dir, prefix: where the results go (a temporary folder when None, and the table is
             returned); with ``return_frame=False`` the tidy parquet's path is returned instead.
-        perturber_kwargs: any other :class:`InSilicoPerturber` argument (filter_data, resume, ...).
+        {filter_data}
+        {cell_inds}
+        {rows_per_part}
+        {token_budget}
+        cell_id_column: the dataset's cell-identifier column (None: detect).
+        resume, keep_parts, write_raw, n_threads: see :func:`run_perturbation`.
+        {progress}
+        reference_names: ``perturb_rank_shift``, ``forward_batch_size``, ``clear_mem_ncells`` and
+            ``nproc`` are accepted for ``rank_shift``, ``batch_size``, ``rows_per_part`` and ``n_threads``,
+            ``token_dictionary_file`` (a token dictionary's path) for ``vocab``.
 
     Returns:
         The tidy DataFrame (``perturbed``, gene IDs/symbols, ``affected``, ``state``, ``cell``, ``row``
-        — the row in ``data`` — ``cell_id``, ``value``), or the parquet path.
+        — the row in ``data`` — ``cell_id``, ``value``), or the parquet path (None on ranks other
+        than 0 of a multi-process run).
     """
-    from ..compat import InSilicoPerturber
+    token_file = reference_names.pop("token_dictionary_file", None)
+    unknown = sorted(set(reference_names) - set(_REFERENCE_NAMES))
+    if unknown:
+        raise TypeError(f"perturb() got unexpected keyword argument(s) {unknown}.")
+    if token_file is not None:
+        from ..vocab import load_dict_file
+
+        vocab = load_dict_file(token_file)
+    given = {_REFERENCE_NAMES[k]: v for k, v in reference_names.items()}
+    rank_shift = given.get("rank_shift", rank_shift)
+    batch_size = given.get("batch_size", batch_size)
+    rows_per_part = given.get("rows_per_part", rows_per_part)
+    n_threads = given.get("n_threads", n_threads)
+
     from ..models import load_model, model_vocab_version
 
     loaded = load_model(model, device=device) if isinstance(model, (str, os.PathLike)) else model
-    version = (model_version or model_vocab_version(loaded) or "V2").upper()
+    version = check_model_version(model_version or model_vocab_version(loaded) or "V2")
+    vocab = version if vocab is None else vocab
     dataset, obs_rows = _as_dataset(data, loaded, version, state_key, gene_names)
     if emb_mode is None:
         emb_mode = "cls" if version == "V2" else "cell"
@@ -129,21 +210,25 @@ def perturb(
     out_dir = Path(tmp.name if tmp else output_dir)
     try:
         if states is not None and state_embs is None:
-            state_embs = _state_embeddings(states, loaded, dataset, emb_mode, emb_layer, version, out_dir, device)
-        isp = InSilicoPerturber(
-            perturb_type=perturb_type, perturb_rank_shift=rank_shift, genes_to_perturb=genes, combos=combos,
-            anchor_gene=anchor_gene, emb_mode=emb_mode, cell_states_to_model=states, state_embs_dict=state_embs,
-            max_ncells=max_ncells, emb_layer=emb_layer, forward_batch_size=batch_size, model_version=version,
-            device=device, dtype=dtype, progress=progress, **perturber_kwargs,
+            logger.info("Computing state embeddings for %s", states)
+            state_embs = state_embeddings(loaded, dataset, states, mode="cls" if emb_mode.startswith("cls") else "cell",
+                                          emb_layer=emb_layer, vocab=vocab, device=device, progress=progress)
+            save_state_embs(state_embs, out_dir / "state_embs.pkl")
+        spec = perturbation_spec(
+            perturb_type, genes, rank_shift=rank_shift, combos=combos, anchor_gene=anchor_gene, emb_mode=emb_mode,
+            cell_states_to_model=states, state_embs=state_embs, filter_data=filter_data, max_ncells=max_ncells,
+            cell_inds_to_perturb=cell_inds_to_perturb, emb_layer=emb_layer, batch_size=batch_size,
+            rows_per_part=rows_per_part, token_budget=token_budget, vocab=vocab, cell_id_column=cell_id_column,
         )
-        path = isp.perturb_data(loaded, dataset, out_dir, prefix)
-        if not return_frame:
+        path = run_perturbation(loaded, dataset, out_dir, prefix, spec, device=device, dtype=dtype, resume=resume,
+                                keep_parts=keep_parts, write_raw=write_raw, n_threads=n_threads, progress=progress)
+        if path is None or not return_frame:
             return path
         df = read_results(path)
         if obs_rows is not None:
             df["row"] = obs_rows[df["row"].to_numpy()]
-        if annotate and not isinstance(isp._vocab, dict):
-            df = annotate_genes(df, isp._vocab)
+        if annotate and not isinstance(spec.vocab, dict):  # a plain token dictionary has no symbols
+            df = annotate_genes(df, spec.vocab)
         return df
     finally:
         if tmp is not None:
@@ -154,8 +239,7 @@ def _as_dataset(data: Any, model: Any, version: str, state_key: str | None, gene
     """A tokenized dataset, and for AnnData input the obs position of each dataset row."""
     import anndata as ad
 
-    from ..api import Geneformer, GeneformerConfig
-    from ..api._model import ROW_COLUMN
+    from ..api import Geneformer, GeneformerConfig  # TODO(core tokenization of AnnData)
     from ..data import load_tokenized
 
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix == ".h5ad":
@@ -176,14 +260,3 @@ def _as_dataset(data: Any, model: Any, version: str, state_key: str | None, gene
     ds = gf.tokenize(light, gene_names=gene_names, custom_attr_name_dict=obs_cols)
     rows = np.asarray(ds[ROW_COLUMN], dtype=np.int64) if ROW_COLUMN in ds.column_names else None
     return ds, rows
-
-
-def _state_embeddings(states, model, dataset, emb_mode, emb_layer, version, out_dir, device) -> dict:
-    """Mean embedding of each state's cells (up to 1,000 per state), as EmbExtractor.get_state_embs."""
-    from ..compat import EmbExtractor
-
-    mode = "cls" if emb_mode.startswith("cls") else "cell"
-    ex = EmbExtractor(emb_mode=mode, summary_stat="exact_mean", max_ncells=1000, emb_layer=emb_layer,
-                      model_version=version, device=device)
-    logger.info("Computing state embeddings for %s", states)
-    return ex.get_state_embs(states, model, dataset, out_dir, "state_embs")

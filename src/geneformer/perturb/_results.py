@@ -40,7 +40,7 @@ from typing import Iterable, Iterator, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from .._utils import load_plain, write_pickle
+from .._utils import load_plain, write_parquet, write_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +374,6 @@ def tidy_to_raw(df: pd.DataFrame) -> dict:
 def write_tidy(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a tidy DataFrame to parquet (atomically); ``perturbed`` becomes ``list<int64>``."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     shifts = RawShifts.from_frame(df)
     keys = [k if isinstance(k, tuple) else (k,) for k in shifts.keys]
@@ -396,12 +395,7 @@ def write_tidy(df: pd.DataFrame, path: str | os.PathLike) -> Path:
             "value": pa.array(shifts.value, pa.float64()),
         }
     )
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, p)
-    return p
+    return write_parquet(path, table)
 
 
 def read_tidy(path: str | os.PathLike) -> pd.DataFrame:

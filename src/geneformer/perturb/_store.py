@@ -31,6 +31,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .._utils import atomic_path, write_json, write_parquet
+from .._utils._atomic import _json_default  # the JSON form write_json gives numpy values
 from ._results import CELL_EMB, RAW_SUFFIX, save_raw
 
 logger = logging.getLogger(__name__)
@@ -45,20 +47,6 @@ __all__ = [
     "part_table",
     "raw_file_names",
 ]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def fingerprint(**parts: Any) -> str:
@@ -188,7 +176,7 @@ class RunStore:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         run = {"fingerprint": fp, "parts": parts, **extra}
         if self.rank == 0 or not run_file.is_file():
-            _atomic_write_text(run_file, json.dumps(run, default=_json_default))
+            write_json(run_file, run, indent=None)
         return run
 
     def part_path(self, i: int) -> Path:
@@ -199,16 +187,11 @@ class RunStore:
 
     def write_part(self, i: int, table, fp: str, segments: list) -> Path:
         """Write part ``i`` atomically (temporary name + rename) and update the manifest."""
-        import pyarrow.parquet as pq
-
         path = self.part_path(i)
         meta = dict(table.schema.metadata or {})
         meta[FINGERPRINT_KEY] = fp.encode()
         meta[b"geneformer.perturb.segments"] = json.dumps(segments).encode()
-        table = table.replace_schema_metadata(meta)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        write_parquet(path, table.replace_schema_metadata(meta))
         self._update_manifest(i, segments)
         return path
 
@@ -218,7 +201,7 @@ class RunStore:
         manifest = json.loads(path.read_text()) if path.is_file() else {"parts": {}}
         manifest["parts"][str(i)] = {"cells": sorted({int(c) for c, _, _ in segments}),
                                      "segments": [list(map(int, s)) for s in segments]}
-        _atomic_write_text(path, json.dumps(manifest))
+        write_json(path, manifest, indent=None, default=None)
 
     def iter_parts(self, n_parts: int, columns: Sequence[str] | None = None):
         import pyarrow.parquet as pq
@@ -234,8 +217,7 @@ class RunStore:
 
         first = next(self.iter_parts(1))
         schema = first.schema.remove_metadata().with_metadata({FINGERPRINT_KEY: fp.encode()})
-        tmp = self.final.with_name(f".{self.final.name}.tmp-{os.getpid()}")
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with atomic_path(self.final) as tmp, pq.ParquetWriter(tmp, schema) as writer:
             for level in ("cell", "gene"):
                 for table in self.iter_parts(n_parts):
                     is_cell = pc.is_null(table.column("affected"))
@@ -243,7 +225,6 @@ class RunStore:
                     sub = table.filter(keep)
                     if sub.num_rows:
                         writer.write_table(sub.replace_schema_metadata(schema.metadata))
-        os.replace(tmp, self.final)
         return self.final
 
     def iter_final(self, rows_per_batch: int = 1 << 23):

@@ -43,13 +43,12 @@ array with the positions, tokens and alignment indices of each row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .._constants import PERTURB_TYPES
-
-PerturbType = Literal["delete", "overexpress", "inhibit", "activate"]
+from .._constants import PERTURB_TYPES, PerturbType
+from .._utils import check_choice
 
 __all__ = [
     "PERTURB_TYPES",
@@ -255,8 +254,7 @@ def _batch_core(
 
 
 def _check_type(perturb_type: str, rank_shift: int | None) -> None:
-    if perturb_type not in PERTURB_TYPES:
-        raise ValueError(f"perturb_type must be one of {PERTURB_TYPES}, got {perturb_type!r}.")
+    check_choice("perturb_type", perturb_type, PERTURB_TYPES)
     if perturb_type in ("inhibit", "activate"):
         rank_shift_steps(1, rank_shift)  # validates
 

@@ -1,0 +1,209 @@
+"""Running a perturbation: model and cells, the resumable parts, several processes, final outputs.
+
+:func:`run_perturbation` does, for a :class:`~._spec.PerturbSpec`:
+
+1. load/check the model against the vocabulary, select the cells (``_selection``), derive the
+   engine's settings and a fingerprint of everything that decides the result;
+2. a finished run with the same fingerprint is not recomputed (its raw pickles are rewritten if a
+   crash left them missing);
+3. cut the run into parts (``_engine.plan_parts``), skip the parts already on disk (``resume``),
+   and compute the rest; with several processes (``torchrun``: ``RANK``/``WORLD_SIZE``) rank r takes
+   parts r, r + world, ... on its own GPU (``LOCAL_RANK``);
+4. rank 0 waits for every part (a barrier when a process group is initialised, else by polling the
+   folder), writes the tidy table and the reference's raw pickles, and removes the parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._settings import settings
+from .._utils import ModelLoadError, compute_dtype, doc_params, itemsize, progress_bar, rank, resolve_device, world_size
+from .._utils._device import torch_threads
+from .._utils._docs import doc_device, doc_dtype, doc_progress
+from ..data import load_tokenized
+from ..inference import auto_token_budget, validate_sequences
+from ..models import check_vocab_matches, load_model
+from ._engine import build_part, plan_parts, run_part
+from ._spec import PerturbSpec, run_settings, select_for
+from ._store import RunStore, fingerprint, part_table, raw_file_names
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_perturbation"]
+
+
+def _part_done_hook(part_index: int) -> None:
+    """Called after each part is safely on disk (tests replace it to simulate a crash)."""
+
+
+def _load(model: Any, spec: PerturbSpec, kind: str, num_labels: int | None, device: torch.device) -> Any:
+    """The model (loaded when a path or name), checked against the spec's vocabulary, in eval mode."""
+    named = isinstance(model, (str, os.PathLike))
+    source = f"Model {model}" if named else "The model"
+    if named:
+        model = load_model(model, kind=kind, num_labels=num_labels, device=device)
+    if not isinstance(spec.vocab, dict):
+        check_vocab_matches(model, spec.vocab, source=source)
+    elif int(model.config.vocab_size) < max(spec.vocab.values()) + 1:
+        raise ModelLoadError(f"The model's vocab_size {model.config.vocab_size} is smaller than the token "
+                             f"dictionary ({max(spec.vocab.values()) + 1} ids).")
+    if hasattr(model, "eval"):
+        model.eval()
+    return model
+
+
+@doc_params(device=doc_device, dtype=doc_dtype, progress=doc_progress)
+def run_perturbation(
+    model: Any,
+    data: Any,
+    output_dir: str | os.PathLike,
+    output_prefix: str,
+    spec: PerturbSpec,
+    *,
+    model_kind: str = "pretrained",
+    num_labels: int | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    resume: bool = True,
+    keep_parts: bool = False,
+    write_raw: bool = True,
+    n_threads: int | None = None,
+    progress: bool | None = None,
+) -> Path | None:
+    """Perturb the cells ``spec`` selects and write ``{output_dir}/in_silico_{type}_{prefix}.parquet``
+    (the tidy table) and, with ``write_raw``, the reference's ``*_raw.pickle`` dictionaries.
+
+    Args:
+        model: a loaded model, or a model folder / zoo name loaded as ``model_kind`` (with ``num_labels``).
+        data: a tokenized ``datasets.Dataset`` or its ``save_to_disk`` folder.
+        output_dir, output_prefix: where the outputs go (see ``_store``).
+        spec: the run, from :func:`perturbation_spec`.
+        {device}
+        {dtype}
+        resume: reuse the finished parts of an interrupted run with the same fingerprint (False: start afresh).
+        keep_parts: keep the parts folder after the merge.
+        write_raw: write the reference's raw pickles too.
+        n_threads: CPU threads of the forward passes (capped at the CPUs the process may use; restored
+            afterwards); None: torch's setting.
+        {progress}
+
+    Returns:
+        The tidy table's path (None on ranks other than 0 of a multi-process run).
+    """
+    this_rank, world = rank(), world_size()
+    opp = f"in_silico_{spec.perturb_type}_{output_prefix}"
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = RunStore(out_dir, opp, rank=this_rank)
+
+    dev = resolve_device(device)
+    model = _load(model, spec, model_kind, num_labels, dev)
+    model.to(dev)
+    ds = load_tokenized(data)
+    sel = select_for(spec, ds)
+    validate_sequences(sel.seqs, model, what=f"{data}" if isinstance(data, (str, os.PathLike)) else "the dataset")
+    rs = run_settings(spec, model, sel)
+    state_embs = spec.state_matrix
+    if state_embs is not None and state_embs.shape[1] != int(model.config.hidden_size):
+        raise ValueError(f"State embeddings have {state_embs.shape[1]} dimensions but the model's hidden "
+                         f"size is {model.config.hidden_size}; make them with this model.")
+
+    fp = fingerprint(
+        settings=asdict(rs), states=spec.state_labels, state_embs=state_embs.numpy().tobytes()
+        if state_embs is not None else b"", model=_model_digest(model), rows=sel.rows.tobytes(),
+        tokens=sel.seqs.values.tobytes(), offsets=sel.seqs.offsets.tobytes(),
+        rows_per_part=spec.rows_per_part, cell_ids=sel.cell_id_column,
+    )
+    names = raw_file_names(out_dir, opp, spec.tokens)
+    state_objects = {str(s): s for s in spec.state_list} or None
+    if resume and store.final_fingerprint() == fp:
+        logger.info("%s is already complete; nothing to do.", store.final)
+        if this_rank != 0:
+            return None
+        wanted = [names["cell"]] + ([names["gene"]] if rs.gene_level else [])
+        if write_raw and not all(p.is_file() for p in wanted):  # a crash after the table was written
+            store.write_raw(names, state_objects)
+        if not keep_parts:
+            store.remove_parts()
+        return store.final
+
+    parts = plan_parts(sel.seqs.lengths, rs, spec.rows_per_part)
+    amp = compute_dtype(dtype)
+    max_pert_len = int(sel.seqs.lengths.max()) + (len(spec.tokens or ()) if spec.perturb_type == "overexpress" else 0)
+    budget = spec.token_budget or settings.token_budget or auto_token_budget(
+        model, min(max_pert_len, rs.max_len), dev, itemsize=itemsize(amp))
+    run = store.open(fp, parts, {"token_budget": int(budget), "max_rows": spec.batch_size, "n_cells": len(sel)},
+                     resume=resume)
+    budget, max_rows = int(run["token_budget"]), run["max_rows"]
+    done = store.done_parts(len(parts))
+    mine = [i for i in range(len(parts)) if i % world == this_rank and i not in done]
+    if done:
+        logger.info("Resuming: %d of %d parts already done.", len(done), len(parts))
+    total = sum(r1 - r0 for i in mine for _, r0, r1 in parts[i])
+    bar = progress_bar(total=total, desc=f"in silico {spec.perturb_type}", unit="pert", progress=progress)
+    t0 = time.perf_counter()
+    try:
+        with torch_threads(n_threads):
+            for i in mine:
+                plan = build_part(sel.seqs, parts[i], rs)
+                result = run_part(model, plan, rs, device=dev, token_budget=budget, max_rows=max_rows,
+                                  state_embs=state_embs, amp_dtype=amp, on_batch=bar.update)
+                table = part_table(plan, result, rows=sel.rows, cell_ids=sel.cell_ids, state_labels=spec.state_labels)
+                store.write_part(i, table, fp, [list(map(int, s)) for s in parts[i]])
+                _part_done_hook(i)
+    finally:
+        bar.close()
+    if mine:
+        logger.info("%d perturbations in %.1f s", total, time.perf_counter() - t0)
+    if world > 1:
+        _barrier()
+        if this_rank != 0:
+            return None
+        _wait_for_parts(store, len(parts))
+    store.write_final(len(parts), fp)
+    if write_raw:
+        store.write_raw(names, state_objects)
+    if not keep_parts:
+        store.remove_parts()
+    logger.info("Wrote %s", store.final)
+    return store.final
+
+
+def _model_digest(model: Any) -> bytes:
+    """A cheap identity of the weights: a strided sample of every parameter (not the whole model)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 2048)
+        h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.digest()
+
+
+def _barrier() -> None:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    except (RuntimeError, ValueError):  # pragma: no cover - no process group: rank 0 polls the files
+        pass
+
+
+def _wait_for_parts(store: RunStore, n_parts: int, poll_s: float = 5.0) -> None:
+    """Rank 0 waits until every part file exists (other ranks write theirs)."""
+    missing = n_parts - len(store.done_parts(n_parts))
+    while missing:
+        logger.info("Waiting for %d part(s) from the other processes...", missing)
+        time.sleep(poll_s)
+        missing = n_parts - len(store.done_parts(n_parts))
