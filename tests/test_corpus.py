@@ -10,8 +10,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from geneformer.vocab import GeneDigests, build_vocab, compute_gene_digests, estimate_gene_medians, write_vocab
-from geneformer.vocab import GeneVocab
+from geneformer.vocab import (
+    GeneDigests,
+    GeneVocab,
+    build_vocab,
+    compute_gene_digests,
+    estimate_gene_medians,
+    write_vocab,
+)
 
 N_CELLS = 400
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from geneformer.models import _cpu_attention as cpu_attention
-from geneformer.models._softmax_kernel import divide_rows_bf16, exp_rows_bf16
 from geneformer.models import blocked_attention
+from geneformer.models._softmax_kernel import divide_rows_bf16, exp_rows_bf16
 
 # half a bf16 rounding step, relative (8 significant bits), plus the kernel's polynomial error
 BF16_STEP = 2.0**-8 + 1e-4

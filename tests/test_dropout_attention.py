@@ -13,11 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geneformer.train import _dropout_attention as da
-from geneformer.train import architecture_config
-from geneformer.train._dropout_attention import ATTN_IMPLEMENTATION, dropout_attention, geneformer_sdpa_attention_forward, sample_dropped
-from geneformer.train import use_fused_attention_dropout
 from geneformer.models import GeneformerForMaskedLM
+from geneformer.train import _dropout_attention as da
+from geneformer.train import architecture_config, use_fused_attention_dropout
+from geneformer.train._dropout_attention import (
+    ATTN_IMPLEMENTATION,
+    dropout_attention,
+    geneformer_sdpa_attention_forward,
+    sample_dropped,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 B, H, L, D = 2, 2, 37, 8

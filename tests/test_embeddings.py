@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from geneformer.data import downsample_and_sort
-from geneformer.compat import EmbExtractor, get_embs
-from geneformer.embeddings import attention_network, cell_embeddings, gene_embeddings, get_attentions, load_state_embs
 from geneformer._utils import InputError
+from geneformer.compat import EmbExtractor, get_embs
+from geneformer.data import downsample_and_sort
+from geneformer.embeddings import attention_network, cell_embeddings, gene_embeddings, get_attentions, load_state_embs
 from geneformer.models import load_model
 
 TOL = 1e-5
@@ -148,8 +145,8 @@ def test_special_tokens_detected_from_data(models, pbmc):
     with_special = pbmc["V2"].select(range(3))
     stripped = [ids[1:-1] for ids in with_special["input_ids"]]
     a = cell_embeddings(model, stripped, mode="cell", progress=False)
-    from geneformer.inference import forward_hidden, collate
     from geneformer.data import as_sequences
+    from geneformer.inference import collate, forward_hidden
 
     seqs = as_sequences(stripped)
     for i in range(3):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from geneformer.inference import _forward as inference
 from geneformer.data import as_sequences
+from geneformer.inference import _forward as inference
 from geneformer.inference import collate, forward_hidden
 from geneformer.models import fast_embeddings, fast_layer_forward, supports_fast_embeddings, supports_fast_layer
 

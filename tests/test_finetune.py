@@ -359,8 +359,8 @@ def test_gene_cross_validation_partitions_genes():
 # Hyperparameter search, LoRA, quantization
 # ------------------------------------------------------------------------------------------------
 def test_optuna_search_two_trials(pbmc, tiny_v1, tmp_path):
-    from geneformer.train._hyperopt import read_best
     from geneformer.models import load_finetuned
+    from geneformer.train._hyperopt import read_best
 
     space = {"learning_rate": ("loguniform", 1e-4, 1e-2), "lr_scheduler_type": ["linear", "cosine"],
              "warmup_steps": ("uniform", 0.0, 0.1), "weight_decay": ("uniform", 0.0, 0.1),
@@ -406,8 +406,8 @@ def test_pruning_callback_prunes():
 
 
 def test_lora_train_save_reload(pbmc, tiny_v1, tmp_path):
-    from geneformer.train._classification_data import select_rows
     from geneformer.models import is_adapter_folder, load_finetuned
+    from geneformer.train._classification_data import select_rows
 
     cc = _cell_classifier(lora={"r": 4, "lora_alpha": 8})
     paths = cc.prepare_data(pbmc, tmp_path, "l", test_size=0.2)
@@ -436,9 +436,8 @@ def test_quantized_loading_needs_cuda():
 
 
 def test_int8_dynamic_quantization(pbmc, tiny_v1):
-    from geneformer.models import load_model
+    from geneformer.models import load_model, model_size_mb, quantize_dynamic_int8
     from geneformer.train._evaluation import predict_classes as predict
-    from geneformer.models import model_size_mb, quantize_dynamic_int8
 
     model = load_model(tiny_v1, kind="cell_classifier", num_labels=3)
     q = quantize_dynamic_int8(model)
@@ -564,8 +563,8 @@ def test_too_few_cells_per_class(pbmc, tmp_path):
 
 
 def test_unknown_genes_in_gene_class_dict(pbmc, vocab_v1):
-    from geneformer.compat import Classifier
     from geneformer._utils import ClassifierDataError
+    from geneformer.compat import Classifier
 
     gcd = _gene_class_dict(pbmc, vocab_v1)
     gcd["made_up"] = ["ENSG_NOT_A_GENE_1", "ENSG_NOT_A_GENE_2"]

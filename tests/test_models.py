@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from geneformer.models import MODEL_ZOO, ModelLoadError, get_spec, init_model, layer_index, list_models, load_model, n_layers
+from geneformer.models import (
+    MODEL_ZOO,
+    ModelLoadError,
+    get_spec,
+    init_model,
+    layer_index,
+    list_models,
+    load_model,
+    n_layers,
+)
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +245,8 @@ def test_bf16_autocast_close(mini_v1, pbmc_v1):
 # ---- bad input ----------------------------------------------------------------------------------
 def test_v2_data_with_v1_model(mini_v1, pbmc_v2):
     from geneformer._utils import InputError
-    from geneformer.inference import validate_sequences
     from geneformer.data import as_sequences
+    from geneformer.inference import validate_sequences
 
     with pytest.raises(InputError, match="V2 vocabulary"):
         validate_sequences(as_sequences(pbmc_v2.select(range(10))), mini_v1)

@@ -99,8 +99,8 @@ def test_attention_pooling_ignores_padding():
 def test_optuna_study_saves_whole_model(splits, tiny, tmp_path):
     import pandas as pd
 
-    from geneformer.train._multitask import MODEL_DIR, load_split
     from geneformer.models import GeneformerMultiTask
+    from geneformer.train._multitask import MODEL_DIR, load_split
 
     mtl = _mtl(splits, tiny, tmp_path)
     study = mtl.run_optuna_study()

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from geneformer.compat import InSilicoPerturber, InSilicoPerturberStats
+from geneformer.inference import forward_first_position
 from geneformer.perturb import _results as R
 from geneformer.perturb import _run as P
 from geneformer.perturb import _transforms as T
-from geneformer.perturb._engine import RunSettings, forward_first_position, n_perturbations
+from geneformer.perturb._engine import RunSettings, n_perturbations
 
 LIST_GENES = ["ENSG00000198851", "ENSG00000090382", "ENSG00000156738"]  # CD3E, LYZ, MS4A1
 KANG_STATES = {"state_key": "condition", "start_state": "ctrl", "goal_state": "stim", "alt_states": []}

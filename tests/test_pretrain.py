@@ -13,9 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from geneformer.train import ARCHITECTURES, architecture_config, load_config
-from geneformer.train import DataCollatorForCellClassification, DataCollatorForGeneClassification, DataCollatorForMaskedGenes
 from geneformer.models import GeneformerForMaskedLM
+from geneformer.train import (
+    ARCHITECTURES,
+    DataCollatorForCellClassification,
+    DataCollatorForGeneClassification,
+    DataCollatorForMaskedGenes,
+    architecture_config,
+    load_config,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 N_CELLS, CROP = 64, 128

@@ -5,8 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
-from geneformer.vocab import GeneVocab, load_dict_file, resolve_dict_file
 from geneformer._utils import VocabularyError
+from geneformer.vocab import GeneVocab, load_dict_file, resolve_dict_file
 
 
 def test_published_v1(vocab_v1):

@@ -239,8 +239,9 @@ def _as_dataset(data: Any, model: Any, version: str, state_key: str | None, gene
     """A tokenized dataset, and for AnnData input the obs position of each dataset row."""
     import anndata as ad
 
-    from ..api import Geneformer, GeneformerConfig  # TODO(core tokenization of AnnData)
     from ..data import load_tokenized
+    from ..models import model_input_size
+    from ..tokenization import match_and_tokenize
 
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix == ".h5ad":
         data = ad.read_h5ad(data)
@@ -255,8 +256,7 @@ def _as_dataset(data: Any, model: Any, version: str, state_key: str | None, gene
     light = ad.AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var)
     light.obs["cell_id"] = adata.obs_names.astype(str)
     obs_cols["cell_id"] = "cell_id"
-    gf = Geneformer(GeneformerConfig(model_name=str(getattr(model, "name_or_path", "model")), vocab=version),
-                    model=model)
-    ds = gf.tokenize(light, gene_names=gene_names, custom_attr_name_dict=obs_cols)
+    ds, _ = match_and_tokenize(light, version, gene_names=gene_names, custom_attr_name_dict=obs_cols,
+                               model_input_size=model_input_size(model))
     rows = np.asarray(ds[ROW_COLUMN], dtype=np.int64) if ROW_COLUMN in ds.column_names else None
     return ds, rows

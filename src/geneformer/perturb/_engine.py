@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from .._constants import PERTURB_EMB_MODES
-from .._utils import autocast
 from ..data import TokenSequences
-from ..inference import forward_hidden, make_batches
+from ..embeddings import gene_position_mask, mean_over_genes
+from ..inference import iter_forward
 from . import _transforms as T
 
 EPS = 1e-8  # torch.nn.CosineSimilarity's default, as the reference
@@ -46,8 +46,6 @@ __all__ = [
     "RunSettings",
     "Segment",
     "build_part",
-    "collate_rows",
-    "forward_first_position",
     "n_perturbations",
     "plan_parts",
     "run_part",
@@ -239,62 +237,10 @@ def build_part(seqs: TokenSequences, segments: Sequence[Segment], s: RunSettings
 # ---------------------------------------------------------------------------------------------
 # forward helpers
 # ---------------------------------------------------------------------------------------------
-def collate_rows(seqs: TokenSequences, rows: np.ndarray, pad_id: int, device: torch.device):
-    """Right-padded (B, L) ids, (B, L) mask and (B,) lengths of the chosen rows (vectorised)."""
-    lens = seqs.lengths[rows]
-    width = int(lens.max())
-    mask = np.arange(width)[None, :] < lens[:, None]
-    starts = seqs.offsets[:-1][rows]
-    src = np.repeat(starts - _offsets(lens)[:-1], lens) + np.arange(int(lens.sum()))
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    ids[mask] = seqs.values[src]
-    return (torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
-            torch.from_numpy(lens).to(device))
-
-
-def _bert_block_parts(model: Any, layer: int):
-    base = getattr(model, "base_model", model)
-    try:
-        block = base.encoder.layer[layer - 1]
-        att = block.attention.self
-        parts = (block, att, att.query, att.key, att.value, block.attention.output, block.intermediate,
-                 block.output, int(att.num_attention_heads), int(att.attention_head_size))
-    except (AttributeError, IndexError, TypeError):
-        return None
-    return parts
-
-
-def forward_first_position(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
-    """(B, H) hidden state of position 0 (``<cls>``) after ``layer`` encoder layers.
-
-    The last layer is evaluated for the query at position 0 only (keys and values still come from
-    every position), which saves that layer's work for all other positions.
-    """
-    parts = _bert_block_parts(model, layer) if layer >= 1 else None
-    if parts is None:
-        hidden, _ = forward_hidden(model, input_ids, mask, layer)
-        return hidden[:, 0]
-    block, att, q_lin, k_lin, v_lin, att_out, inter, out, heads, d = parts
-    h, _ = forward_hidden(model, input_ids, mask, layer - 1)
-    b, length, _ = h.shape
-    q = q_lin(h[:, :1]).view(b, 1, heads, d).transpose(1, 2)
-    k = k_lin(h).view(b, length, heads, d).transpose(1, 2)
-    v = v_lin(h).view(b, length, heads, d).transpose(1, 2)
-    key_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]
-    scale = getattr(att, "scaling", d ** -0.5)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
-    ctx = ctx.transpose(1, 2).reshape(b, 1, heads * d)
-    a = att_out(ctx, h[:, :1])
-    return out(inter(a), a)[:, 0]
-
-
 def _masked_mean(hidden: torch.Tensor, lengths: torch.Tensor, special: bool) -> torch.Tensor:
     """Mean over each row's positions (the genes between <cls> and <eos> when ``special``)."""
-    pos = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
-    start = 1 if special else 0
-    end = lengths[:, None] - (1 if special else 0)
-    m = ((pos >= start) & (pos < end)).to(hidden.dtype)
-    return (hidden * m[..., None]).sum(1) / (end - start).clamp_min(1).to(hidden.dtype)
+    flags = torch.full_like(lengths, bool(special), dtype=torch.bool)
+    return mean_over_genes(hidden, gene_position_mask(lengths, hidden.shape[1], flags, flags))
 
 
 def _segments(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -303,13 +249,6 @@ def _segments(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     local = np.repeat(np.arange(len(rows)), counts)
     flat = np.repeat(offsets[rows] - _offsets(counts)[:-1], counts) + np.arange(int(counts.sum()))
     return flat, local
-
-
-def _batches(lengths: np.ndarray, token_budget: int, max_rows: int | None) -> list[np.ndarray]:
-    batches = make_batches(lengths, None, token_budget)
-    if not max_rows:
-        return batches
-    return [b[i : i + max_rows] for b in batches for i in range(0, len(b), max_rows)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,27 +277,30 @@ def run_part(
     state_embs: torch.Tensor | None = None,
     amp_dtype: torch.dtype | None = None,
     on_batch: Callable[[int], None] | None = None,
+    workspace: dict | None = None,
 ) -> PartResult:
-    """Forward the originals and the perturbed sequences of a part; return the comparisons."""
+    """Forward the originals and the perturbed sequences of a part through the shared forward loop
+    (``workspace``: the layers' scratch buffers, kept from part to part); return the comparisons."""
     n_local = len(plan.orig)
     need_gene = s.needs_gene_cos
     cls_only = s.cls and not need_gene
     S = state_embs.to(device=device, dtype=torch.float32) if state_embs is not None else None
     hidden_size = int(model.config.hidden_size)
-    with torch.inference_mode(), autocast(device, amp_dtype, model):
+    loop = dict(layer=s.layer, first_position=cls_only, batch_size=max_rows, token_budget=token_budget, device=device,
+                amp_dtype=amp_dtype, pad_id=s.pad_id, validate=False, progress=False, workspace=workspace)
+    with torch.inference_mode():
         # 1. originals, once per cell
         bank = orig_vec = None
         if need_gene:
             bank = torch.empty((int(plan.orig.offsets[-1]), hidden_size), dtype=torch.float32, device=device)
         if s.cls or S is not None:
             orig_vec = torch.empty((n_local, hidden_size), dtype=torch.float32, device=device)
-        for rows in _batches(plan.orig.lengths, token_budget, max_rows):
-            ids, mask, lens = collate_rows(plan.orig, rows, s.pad_id, device)
+        for batch in iter_forward(model, plan.orig, **loop):
+            rows, hidden, lens, mask = batch.rows, batch.hidden, batch.lengths, batch.attention_mask.bool()
             rows_t = torch.from_numpy(rows).to(device)
             if cls_only:
-                orig_vec[rows_t] = forward_first_position(model, ids, mask, s.layer).float()
+                orig_vec[rows_t] = hidden.float()
                 continue
-            hidden, _ = forward_hidden(model, ids, mask, s.layer)
             if bank is not None:
                 flat, _ = _segments(plan.orig.offsets, rows)
                 bank[torch.from_numpy(flat).to(device)] = hidden[mask].float()
@@ -374,15 +316,14 @@ def run_part(
         cell_values = torch.empty((n_rows, max(s.n_states, 1)), dtype=torch.float32, device=device)
         gene_values = torch.empty(int(plan.cmp_offsets[-1]), dtype=torch.float32, device=device) if need_gene else None
         row_cell_t = torch.from_numpy(plan.row_cell).to(device)
-        for rows in _batches(plan.pert.lengths, token_budget, max_rows):
-            ids, mask, lens = collate_rows(plan.pert, rows, s.pad_id, device)
+        for batch in iter_forward(model, plan.pert, **loop):
+            rows, lens = batch.rows, batch.lengths
             rows_t = torch.from_numpy(rows).to(device)
             cells_t = row_cell_t[rows_t]
             if cls_only:
-                first = forward_first_position(model, ids, mask, s.layer)
-                hidden = None
+                first, hidden = batch.hidden, None
             else:
-                hidden, _ = forward_hidden(model, ids, mask, s.layer)
+                hidden = batch.hidden
                 first = hidden[:, 0]
             gcos = local_t = None
             if need_gene:

@@ -153,10 +153,11 @@ def run_perturbation(
     t0 = time.perf_counter()
     try:
         with torch_threads(n_threads):
+            workspace: dict = {}  # the layers' scratch buffers, kept from part to part
             for i in mine:
                 plan = build_part(sel.seqs, parts[i], rs)
                 result = run_part(model, plan, rs, device=dev, token_budget=budget, max_rows=max_rows,
-                                  state_embs=state_embs, amp_dtype=amp, on_batch=bar.update)
+                                  state_embs=state_embs, amp_dtype=amp, on_batch=bar.update, workspace=workspace)
                 table = part_table(plan, result, rows=sel.rows, cell_ids=sel.cell_ids, state_labels=spec.state_labels)
                 store.write_part(i, table, fp, [list(map(int, s)) for s in parts[i]])
                 _part_done_hook(i)
