@@ -4,6 +4,7 @@ dtype choice, argument validation, shared parameter docs, progress bars, worker 
 from ._atomic import (
     atomic_folder,
     atomic_path,
+    json_default,
     move_contents,
     refuse_existing,
     save_dataset,
@@ -28,7 +29,9 @@ from ._device import (
     rank,
     resolve_device,
     resolve_dtype,
+    torch_threads,
     trainer_device_args,
+    usable_cpus,
     world_size,
 )
 from ._docs import doc_params
@@ -62,11 +65,11 @@ from ._workers import WorkerError, ordered_map
 __all__ = [
     "ClassifierDataError", "CorpusError", "GeneformerError", "InputError", "InputFileError", "ModelLoadError",
     "OptionError", "PlainDataUnpickler", "QuantizationError", "VocabularyError", "WorkerError", "atomic_folder",
-    "atomic_path", "autocast", "bf16_supported", "check_cell_states", "check_choice", "check_columns_listed",
+    "atomic_path", "autocast", "json_default", "bf16_supported", "check_cell_states", "check_choice", "check_columns_listed",
     "check_emb_layer", "check_filter_data", "check_fraction", "check_model_version", "check_positive_int",
     "compute_dtype", "cuda_available", "doc_params", "free_memory_bytes", "hub_offline", "itemsize",
     "load_plain", "model_device", "move_contents", "ordered_map", "progress_bar", "rank", "refuse_existing",
     "resolve_device", "resolve_dtype", "save_dataset", "save_figure", "show_progress", "state_list",
-    "temp_path", "trainer_device_args", "world_size", "write_bytes", "write_csv", "write_json", "write_parquet",
+    "temp_path", "torch_threads", "trainer_device_args", "usable_cpus", "world_size", "write_bytes", "write_csv", "write_json", "write_parquet",
     "write_pickle", "write_text", "write_with",
 ]

@@ -94,7 +94,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_with(path, lambda tmp: tmp.write_text(text))
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """JSON for numpy scalars and arrays (plain numbers and lists); anything else as its text."""
     import numpy as np
 
     if isinstance(obj, np.generic):
@@ -104,7 +105,7 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, default: Callable | None = _json_default,
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, default: Callable | None = json_default,
                **kwargs: Any) -> Path:
     """JSON (numpy scalars and arrays as plain numbers and lists, anything else as text)."""
     return write_text(path, json.dumps(obj, indent=indent, default=default, **kwargs))

@@ -105,7 +105,7 @@ def select_columns(m: sp.csr_matrix, column_map: np.ndarray, n_columns: int) -> 
     return sp.csr_matrix((m.data[keep], target[keep], indptr), shape=(m.shape[0], n_columns))
 
 
-def to_csr(block, dtype=None) -> sp.csr_matrix:
+def to_csr(block: Any, dtype: Any = None) -> sp.csr_matrix:
     """Any 2-D block (dense, sparse, backed) as CSR."""
     if sp.issparse(block):
         m = block.tocsr()

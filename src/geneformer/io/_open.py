@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .._constants import FILE_FORMATS, FileFormat
 from .._utils import InputFileError
@@ -46,7 +47,7 @@ def detect_format(path: str | os.PathLike) -> FileFormat:
     )
 
 
-def open_reader(source, file_format: FileFormat | str | None = None, **options) -> CellReader:
+def open_reader(source: Any, file_format: FileFormat | str | None = None, **options: Any) -> CellReader:
     """Open a reader for a path (format detected from the name unless given) or an AnnData."""
     import importlib
 

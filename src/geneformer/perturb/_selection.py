@@ -179,17 +179,8 @@ def select_cells(
         order = order[start : min(end, len(idx))]
         idx = idx[start : min(end, len(idx))]
 
-    seqs = _take(seqs_all, order)
+    seqs = seqs_all.take(order)
     id_col = find_cell_id_column(ds.column_names, cell_id_column)
     cell_ids = np.asarray(_column(ds, id_col, idx), dtype=object) if id_col else None
     logger.info("Selected %d of %d cells to perturb.", len(idx), n)
     return CellSelection(idx, seqs, cell_ids, id_col)
-
-
-def _take(seqs: TokenSequences, order: np.ndarray) -> TokenSequences:
-    """The sequences ``order`` of ``seqs`` as a new flat TokenSequences (vectorised)."""
-    lens = seqs.lengths[order]
-    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    starts = seqs.offsets[:-1][order]
-    flat = np.repeat(starts - offsets[:-1], lens) + np.arange(int(offsets[-1]))
-    return TokenSequences(seqs.values[flat], offsets)

@@ -31,8 +31,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .._utils import atomic_path, write_json, write_parquet
-from .._utils._atomic import _json_default  # the JSON form write_json gives numpy values
+from .._utils import (
+    atomic_path,
+    json_default,  # the JSON form write_json gives numpy values
+    write_json,
+    write_parquet,
+)
 from ._results import CELL_EMB, RAW_SUFFIX, save_raw
 
 logger = logging.getLogger(__name__)
@@ -58,7 +62,7 @@ def fingerprint(**parts: Any) -> str:
         if isinstance(value, (bytes, bytearray)):
             h.update(value)
         else:
-            h.update(json.dumps(value, sort_keys=True, default=_json_default).encode())
+            h.update(json.dumps(value, sort_keys=True, default=json_default).encode())
     return h.hexdigest()[:32]
 
 

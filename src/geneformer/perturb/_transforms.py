@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._constants import PERTURB_TYPES, PerturbType
 from .._utils import check_choice
@@ -276,22 +277,22 @@ def _reorder_one(ids, tokens, perturb_type: str, special: bool, rank_shift: int 
     return Perturbed(ids[src[0]], ids, pi[0], oi[0], toks, present, 0)
 
 
-def delete(ids, tokens, *, special: bool = False) -> Perturbed:
+def delete(ids: ArrayLike, tokens: ArrayLike, *, special: bool = False) -> Perturbed:
     """Remove the given token(s) from a cell; tokens not in the cell are ignored (see ``present``)."""
     return _reorder_one(ids, tokens, "delete", special, None)
 
 
-def inhibit(ids, tokens, rank_shift: int, *, special: bool = False) -> Perturbed:
+def inhibit(ids: ArrayLike, tokens: ArrayLike, rank_shift: int, *, special: bool = False) -> Perturbed:
     """Move the given gene(s) ``rank_shift`` quartiles of the cell's gene count toward the end."""
     return _reorder_one(ids, tokens, "inhibit", special, rank_shift)
 
 
-def activate(ids, tokens, rank_shift: int, *, special: bool = False) -> Perturbed:
+def activate(ids: ArrayLike, tokens: ArrayLike, rank_shift: int, *, special: bool = False) -> Perturbed:
     """Move the given gene(s) ``rank_shift`` quartiles of the cell's gene count toward the front."""
     return _reorder_one(ids, tokens, "activate", special, rank_shift)
 
 
-def overexpress(ids, tokens, *, special: bool = False, max_len: int | None = None) -> Perturbed:
+def overexpress(ids: ArrayLike, tokens: ArrayLike, *, special: bool = False, max_len: int | None = None) -> Perturbed:
     """Put the token(s) first (after ``<cls>``) in the given order, inserting absent ones.
 
     When the result exceeds ``max_len`` it is truncated to ``max_len`` (keeping ``<eos>``), and
@@ -326,8 +327,8 @@ def overexpress(ids, tokens, *, special: bool = False, max_len: int | None = Non
 
 
 def perturb(
-    ids,
-    tokens,
+    ids: ArrayLike,
+    tokens: ArrayLike,
     perturb_type: PerturbType = "delete",
     *,
     special: bool = False,
@@ -381,7 +382,7 @@ def all_positions(
 
 
 def perturb_all(
-    ids,
+    ids: ArrayLike,
     perturb_type: PerturbType = "delete",
     *,
     special: bool = False,

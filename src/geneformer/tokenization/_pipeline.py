@@ -12,7 +12,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -129,7 +129,7 @@ def tokenize_to_disk(
     nproc: int | None = None,
     progress: bool | None = None,
     reports: list[FileReport] | None = None,
-):
+) -> Any:
     """Tokenize inputs in order into one dataset folder at ``output_path``; returns it memory-mapped.
 
     Args:
@@ -151,7 +151,7 @@ def tokenize_to_disk(
 
 
 def tokenize_in_memory(inputs: Iterable, settings: TokenizerSettings, *, nproc: int | None = None,
-                       progress: bool | None = None, reports: list[FileReport] | None = None):
+                       progress: bool | None = None, reports: list[FileReport] | None = None) -> Any:
     """As :func:`tokenize_to_disk`, into an in-memory ``datasets.Dataset``."""
     import datasets
 
@@ -164,7 +164,7 @@ def tokenize_in_memory(inputs: Iterable, settings: TokenizerSettings, *, nproc: 
 
 @doc_params(**DOCS)
 def tokenize_anndata(
-    adata,
+    adata: Any,
     vocab: GeneVocab | str | os.PathLike | None = "V2",
     *,
     gene_id_column: str | None = None,
@@ -178,7 +178,7 @@ def tokenize_anndata(
     keep_counts: bool = False,
     collapse_gene_ids: bool = True,
     progress: bool | None = None,
-):
+) -> Any:
     """Tokenize an in-memory AnnData; returns an in-memory ``datasets.Dataset``.
 
     Genes come from ``var['ensembl_id']``, the index, or symbols; ``n_counts`` from
@@ -216,8 +216,8 @@ def tokenize_files(
     overwrite: bool = False,
     nproc: int | None = None,
     progress: bool | None = None,
-    **options,
-):
+    **options: Any,
+) -> Any:
     """Tokenize files into one dataset folder at ``output_path``; returns it memory-mapped.
 
     Args:

@@ -190,7 +190,7 @@ def _save_model(run: MultiTaskRun, result: RunResult, params: Mapping[str, Any])
 # ------------------------------------------------------------------------------------------------
 # The three steps
 # ------------------------------------------------------------------------------------------------
-def run_multitask_study(run: MultiTaskRun):
+def run_multitask_study(run: MultiTaskRun) -> Any:
     """Optuna search minimising the validation loss (seeded TPE sampler, in memory); the best
     model is saved with its pooling. Returns the study."""
     train, val, mappings = prepare_data(run)

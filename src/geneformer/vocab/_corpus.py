@@ -127,7 +127,7 @@ def _names(readers: list[CellReader], most: int = 3) -> str:
 
 @doc_params(file_format=doc_file_format, nproc=doc_nproc, progress=doc_progress)
 def compute_gene_digests(
-    inputs,
+    inputs: Any,
     *,
     file_format: FileFormat | None = None,
     gene_id_column: str | None = "ensembl_id",
@@ -203,7 +203,7 @@ def compute_gene_digests(
     return total
 
 
-def estimate_gene_medians(inputs, *, return_counts: bool = False, **options: Any
+def estimate_gene_medians(inputs: Any, *, return_counts: bool = False, **options: Any
                           ) -> dict[str, float] | tuple[dict[str, float], dict[str, int]]:
     """Non-zero median of ``count / n_counts * 10,000`` per gene over all inputs.
 

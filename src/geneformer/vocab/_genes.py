@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$", re.IGNORECASE)
 SYMBOL_COLUMNS = ("gene_symbol", "gene_symbols", "gene_name", "gene_names", "feature_name", "symbol")
 
 
-def looks_like_ensembl(ids) -> float:
+def looks_like_ensembl(ids: Iterable[Any]) -> float:
     """Fraction of non-empty IDs that look like Ensembl gene IDs."""
     ids = [str(i) for i in ids if i is not None and str(i) not in ("", "nan")]
     if not ids:
