@@ -264,5 +264,7 @@ def test_random_alignment_property():
 
 
 def test_pad_sequences():
-    arr, lens = T.pad_sequences([np.array([1, 2, 3]), np.array([4])], pad_value=0)
+    from geneformer.data import pad_sequences
+
+    arr, lens = pad_sequences([np.array([1, 2, 3]), np.array([4])], pad_value=0)
     assert arr.tolist() == [[1, 2, 3], [4, 0, 0]] and lens.tolist() == [3, 1]

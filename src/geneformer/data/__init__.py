@@ -10,9 +10,9 @@ from ._dataset import (
     load_dataset_folder,
     load_tokenized,
 )
-from ._sequences import TokenSequences, as_sequences
+from ._sequences import TokenSequences, as_sequences, pad_sequences
 
 __all__ = [
-    "TokenSequences", "as_sequences", "check_columns", "column_values", "downsample_and_sort", "filter_by_dict",
+    "TokenSequences", "as_sequences", "pad_sequences", "check_columns", "column_values", "downsample_and_sort", "filter_by_dict",
     "lengths_of", "load_dataset_folder", "load_tokenized",
 ]

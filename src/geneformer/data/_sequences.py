@@ -39,6 +39,20 @@ class TokenSequences:
         flat = np.repeat(starts - offsets[:-1], lens) + np.arange(int(offsets[-1]))
         return TokenSequences(self.values[flat], offsets, None if self.counts is None else self.counts[flat])
 
+    def padded(self, rows: np.ndarray | None = None, pad_value: int = 0, *, width: int | None = None,
+               dtype: Any = np.int64) -> tuple[np.ndarray, np.ndarray]:
+        """``(array, lengths)``: the sequences ``rows`` (default: all), right-padded with ``pad_value``
+        to ``width`` (default: the longest) in a (n, width) array. The one padding of the package."""
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        lens = self.lengths[rows]
+        width = int(lens.max(initial=0)) if width is None else int(width)
+        mask = np.arange(width)[None, :] < lens[:, None]
+        before = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        src = np.repeat(self.offsets[:-1][rows] - before, lens) + np.arange(int(lens.sum()))
+        out = np.full((len(rows), width), pad_value, dtype=dtype)
+        out[mask] = self.values[src]
+        return out, lens
+
     def first_tokens(self) -> np.ndarray:
         """First token of every cell (-1 for empty cells)."""
         lens = self.lengths
@@ -54,6 +68,19 @@ class TokenSequences:
         ok = lens > 0
         out[ok] = self.values[self.offsets[1:][ok] - 1]
         return out
+
+
+def pad_sequences(seqs: Any, pad_value: int = 0, *, width: int | None = None,
+                  dtype: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad 1-D arrays (or any token sequences) into a (N, width) array; returns ``(array, lengths)``."""
+    if not isinstance(seqs, TokenSequences):
+        seqs = list(seqs)
+        if dtype is None:
+            dtype = np.result_type(*[np.asarray(s).dtype for s in seqs]) if seqs else np.int64
+        lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        values = np.concatenate([np.asarray(s, dtype=dtype).ravel() for s in seqs]) if seqs else np.zeros(0, dtype)
+        seqs = TokenSequences(values, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+    return seqs.padded(pad_value=pad_value, width=width, dtype=dtype or seqs.values.dtype)
 
 
 def as_sequences(data: Any, column: str = "input_ids") -> TokenSequences:

@@ -83,15 +83,8 @@ def collate(seqs: TokenSequences, rows: np.ndarray, pad_id: int = 0,
             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad the chosen cells to the batch's longest: ``(input_ids, attention_mask, lengths)``,
     int64 tensors on ``device`` (copied from pinned memory without blocking when it is a GPU)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    lens = seqs.lengths[rows]
-    width = int(lens.max())
-    mask = np.arange(width)[None, :] < lens[:, None]
-    starts = seqs.offsets[:-1][rows]
-    before = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    src = np.repeat(starts - before, lens) + np.arange(int(lens.sum()))
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    ids[mask] = seqs.values[src]
+    ids, lens = seqs.padded(rows, pad_id)
+    mask = np.arange(ids.shape[1])[None, :] < lens[:, None]
     tensors = [torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(lens.astype(np.int64))]
     device = torch.device(device)
     if device.type == "cuda":

@@ -43,7 +43,6 @@ array with the positions, tokens and alignment indices of each row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -63,7 +62,6 @@ __all__ = [
     "gene_span",
     "inhibit",
     "overexpress",
-    "pad_sequences",
     "perturb",
     "perturb_all",
     "perturb_sequence",
@@ -200,18 +198,6 @@ def calc_n_overflow(length: int, n_added: int, max_len: int | None) -> int:
     if max_len is None:
         return 0
     return max(0, int(length) + int(n_added) - int(max_len))
-
-
-def pad_sequences(seqs: Sequence[np.ndarray], pad_value: int = 0, dtype=None) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad 1-D arrays into a (N, max_len) array; returns (array, lengths)."""
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    width = int(lengths.max()) if len(seqs) else 0
-    dtype = dtype or (np.result_type(*[np.asarray(s).dtype for s in seqs]) if len(seqs) else np.int64)
-    out = np.full((len(seqs), width), pad_value, dtype=dtype)
-    if len(seqs):
-        mask = np.arange(width)[None, :] < lengths[:, None]
-        out[mask] = np.concatenate([np.asarray(s, dtype=dtype) for s in seqs])
-    return out, lengths
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .._constants import IGNORE_INDEX, MASK, PAD, SPECIAL_TOKENS
+from ..data import pad_sequences
 from ..vocab import GeneVocab, as_vocab
 
 
@@ -31,15 +32,10 @@ def _as_int_array(ids: Any) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def pad_input_ids(seqs: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad integer sequences to the longest: ``(input_ids, attention_mask)`` as int64 arrays."""
-    width = max((len(s) for s in seqs), default=0)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    att = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        att[i, : len(s)] = 1
-    return ids, att
+def pad_input_ids(seqs: Sequence[np.ndarray], pad_id: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad integer sequences (to the longest, or ``width``): ``(input_ids, attention_mask)`` as int64."""
+    ids, lens = pad_sequences(seqs, pad_id, width=width, dtype=np.int64)
+    return ids, (np.arange(ids.shape[1])[None, :] < lens[:, None]).astype(np.int64)
 
 
 class DataCollatorForMaskedGenes:
@@ -201,11 +197,7 @@ class _ClassificationCollator:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [_as_int_array(f["input_ids"]) for f in features]
         width = self._width([len(s) for s in seqs])
-        ids = np.full((len(seqs), width), self.pad_token_id, dtype=np.int64)
-        att = np.zeros((len(seqs), width), dtype=np.int64)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = s
-            att[i, : len(s)] = 1
+        ids, att = pad_input_ids(seqs, self.pad_token_id, width)
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": att}
         self._add_labels(batch, features, width)
         out = {k: torch.as_tensor(np.asarray(v)).to(torch.int64) for k, v in batch.items()}
@@ -239,11 +231,8 @@ class DataCollatorForGeneClassification(_ClassificationCollator):
     def _add_labels(self, batch: dict, features: Sequence[Mapping[str, Any]], width: int) -> None:
         if not features or "labels" not in features[0]:
             return
-        labels = np.full((len(features), width), self.label_pad_token_id, dtype=np.int64)
-        for i, f in enumerate(features):
-            lab = _as_int_array(f["labels"])
-            labels[i, : len(lab)] = lab
-        batch["labels"] = labels
+        batch["labels"], _ = pad_sequences([_as_int_array(f["labels"]) for f in features], self.label_pad_token_id,
+                                           width=width, dtype=np.int64)
 
 
 __all__ = [
