@@ -23,7 +23,7 @@ from geneformer.train import (
     load_config,
 )
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 N_CELLS, CROP = 64, 128
 # short runs: no TensorBoard, no progress bars
 QUIET = dict(report_to="none", disable_tqdm=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 # the demo is an example script (examples/demo.py), not part of the package
-_SPEC = importlib.util.spec_from_file_location("geneformer_demo", Path(__file__).resolve().parents[1] / "examples" / "demo.py")
+_SPEC = importlib.util.spec_from_file_location("geneformer_demo", Path(__file__).resolve().parents[2] / "examples" / "demo.py")
 demo = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(demo)
 load_pbmc68k_counts, run = demo.load_pbmc68k_counts, demo.run

@@ -23,7 +23,7 @@ from geneformer.train._dropout_attention import (
     sample_dropped,
 )
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 B, H, L, D = 2, 2, 37, 8
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
