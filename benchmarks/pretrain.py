@@ -1,7 +1,7 @@
 """Pretraining throughput: our step vs the reference-style step, same V1-10M model and cells.
 
 ours  : ``GeneformerForMaskedLM`` (MLM head only at masked genes), length-grouped batches padded to
-        the batch's longest cell, attention dropout through ``geneformer.train.dropout_attention``
+        the batch's longest cell, attention dropout through ``geneformer.train.use_fused_attention_dropout``
         (exact, at the fused kernel's speed on CPU), as ``pretrain`` trains by default;
 ours without fused dropout: the same on PyTorch's own ``sdpa`` (whose CPU dropout path is the
         unfused math kernel), to show what each part contributes;

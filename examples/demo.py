@@ -14,7 +14,7 @@ needs no network and no published files:
    (goal-state modelling), and its statistics;
 8. write a short report (text + PNGs) next to the outputs.
 
-    python -m geneformer.demo --output demo_output
+    python examples/demo.py --output demo_output
 
 With ``GENEFORMER_MODEL=<zoo name or model folder>`` (or ``--model``) the same steps run on that
 model and its published V1/V2 vocabulary (genes matched by symbol) instead of steps 2 and 4.

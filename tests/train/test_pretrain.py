@@ -278,7 +278,8 @@ def test_loss_decreases_and_outputs(trained):
     assert len(losses) == 20
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
     assert trained.global_step == 20
-    assert 0.0 <= trained.eval_metrics["eval_masked_accuracy"] <= 1.0
+    # 20 steps already put the masked genes' own tokens far above chance (1 in 25,426)
+    assert trained.eval_metrics["eval_masked_accuracy"] > 10 / 25426
     assert trained.eval_metrics["eval_masked_genes"] > 0
     model_dir = trained.model_dir
     assert (model_dir / "model.safetensors").is_file()

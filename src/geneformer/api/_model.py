@@ -174,7 +174,7 @@ class Geneformer:
 
     def finetune(self, data: Any, label: str, output_dir: str | os.PathLike, **kwargs: Any):
         """Fine-tune this model as a cell classifier of ``label`` (AnnData, tokenized Dataset or folder);
-        see :func:`geneformer.train.finetune.finetune` for the options. Returns a FinetuneResult."""
+        see :func:`geneformer.train.finetune` for the options. Returns a FinetuneResult."""
         from ..train import finetune
 
         dataset = self.tokenize(data, custom_attr_name_dict={label: label}) if hasattr(data, "obs") else data

@@ -19,20 +19,20 @@ from typing import Any, Mapping
 
 import torch
 
-from .._utils import QuantizationError
+from .._utils import QuantizationError, cuda_available
 from ._loading import finetuned_kind, load_model
 
 logger = logging.getLogger(__name__)
 
 CPU_QUANT_MESSAGE = (
     "8-bit / 4-bit quantized loading needs a CUDA GPU and bitsandbytes; on CPU use int8 dynamic "
-    "quantization for inference (geneformer.train.lora.quantize_dynamic_int8(model))."
+    "quantization for inference (geneformer.models.quantize_dynamic_int8(model))."
 )
 
 
 def check_quantization_available() -> None:
     """Raise :class:`QuantizationError` unless CUDA and bitsandbytes are both present."""
-    if not torch.cuda.is_available():
+    if not cuda_available():
         raise QuantizationError(CPU_QUANT_MESSAGE + " (no CUDA device found)")
     try:
         import bitsandbytes  # noqa: F401

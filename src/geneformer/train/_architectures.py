@@ -1,7 +1,7 @@
 """BERT configurations of the published Geneformer architectures, plus a tiny one for tests.
 
 Every published checkpoint is a plain Hugging Face ``BertForMaskedLM`` (see
-``models.zoo.bert_config_kwargs``); only the sizes differ, and those come from the model zoo.
+``models.bert_config_kwargs``); only the sizes differ, and those come from the model zoo.
 ``vocab_size`` is never part of a preset: it comes from the gene vocabulary in use.
 """
 
