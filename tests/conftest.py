@@ -64,6 +64,17 @@ def vocab_v2(dicts_dir):
     return GeneVocab.load("V2")
 
 
+def pbmc3k_cells(data_dir: Path, n_cells: int):
+    """The first ``n_cells`` cells of the shared PBMC3k file in memory, counts as CSR."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    a = ad.read_h5ad(data_dir / "pbmc3k_raw_seurat_labels.h5ad", backed="r")
+    sub = a[:n_cells].to_memory()
+    sub.X = sp.csr_matrix(sub.X)
+    return sub
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models on a shared machine train several times faster on one thread

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from conftest import pbmc3k_cells
 
 from geneformer.io import InputFileError, detect_format, open_reader
 
@@ -23,10 +24,7 @@ N_CELLS = 50
 @pytest.fixture(scope="module")
 def source(data_dir) -> ad.AnnData:
     """First cells of PBMC3k (raw counts, CSR int), all genes."""
-    a = ad.read_h5ad(data_dir / "pbmc3k_raw_seurat_labels.h5ad", backed="r")
-    sub = a[:N_CELLS].to_memory()
-    sub.X = sp.csr_matrix(sub.X)
-    return sub
+    return pbmc3k_cells(data_dir, N_CELLS)
 
 
 @pytest.fixture(scope="module")

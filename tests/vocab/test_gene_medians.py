@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import pbmc3k_cells
 
 from geneformer.vocab import (
     GeneDigests,
@@ -24,9 +25,7 @@ N_CELLS = 400
 
 @pytest.fixture(scope="module")
 def pbmc(data_dir) -> ad.AnnData:
-    a = ad.read_h5ad(data_dir / "pbmc3k_raw_seurat_labels.h5ad", backed="r")
-    sub = a[:N_CELLS].to_memory()
-    sub.X = sp.csr_matrix(sub.X)
+    sub = pbmc3k_cells(data_dir, N_CELLS)
     sub.var["ensembl_id"] = sub.var["ensembl_id"].astype(str)
     return sub
 
