@@ -163,7 +163,7 @@ class EmbExtractor:
             self._model(model_directory), input_data_file, mode=self.emb_mode, gene_style=self.gene_emb_style,
             emb_layer=self.emb_layer, labels=self.emb_label, filter_data=self.filter_data, state_filter=cell_state,
             max_ncells=self.max_ncells, summary_stat=self.summary_stat, vocab=self.vocab,
-            batch_size=int(self.forward_batch_size), device=self.device, dtype=self.dtype, progress=True,
+            batch_size=int(self.forward_batch_size), device=self.device, dtype=self.dtype, progress=None,
             output_csv=out_dir / f"{output_prefix}.csv" if cell_state is None else None,
             tdigest_path=out_dir / f"{output_prefix}_tdigest.pkl" if self.save_tdigest else None,
         )
@@ -192,7 +192,7 @@ class EmbExtractor:
             self._model(model_directory), input_data_file, cell_states_to_model, mode=self.emb_mode,
             emb_layer=self.emb_layer, summary_stat=self.summary_stat, filter_data=self.filter_data,
             max_ncells=self.max_ncells, vocab=self.vocab, batch_size=int(self.forward_batch_size), device=self.device,
-            dtype=self.dtype, progress=True,
+            dtype=self.dtype, progress=None,
         )
         save_state_embs(state_embs, Path(output_directory) / f"{output_prefix}.pkl")
         if output_torch_embs:

@@ -67,7 +67,7 @@ class MTLClassifier:
         seed: int = 42,
         *,
         num_workers: int = 0,
-        progress: bool = True,
+        progress: bool | None = None,
         model_version: str | None = None,
     ) -> None:
         self.task_columns = list(task_columns) if task_columns else None

@@ -106,7 +106,7 @@ class TranscriptomeTokenizer:
 
     # ---- our entry points ---------------------------------------------------------------------
     def tokenize_files(self, inputs: Sequence, output_path: str | os.PathLike, file_format: FileFormat | None = None,
-                       overwrite: bool = False, progress: bool = True):
+                       overwrite: bool = False, progress: bool | None = None):
         """Tokenize files (or AnnData objects) in order into one dataset saved at ``output_path``."""
         self.reports = []
         return tokenize_to_disk(inputs, output_path, self.settings, file_format=file_format, overwrite=overwrite,
@@ -117,7 +117,7 @@ class TranscriptomeTokenizer:
         self.reports = []
         return tokenize_in_memory([adata], self.settings, nproc=self.nproc, progress=progress, reports=self.reports)
 
-    def iter_batches(self, inputs: Iterable, file_format: FileFormat | None = None, progress: bool = True):
+    def iter_batches(self, inputs: Iterable, file_format: FileFormat | None = None, progress: bool | None = None):
         """Yield ``(record_batch, source)`` for every chunk of every input, in input order."""
         self.reports = []
         yield from iter_batches(inputs, self.settings, file_format=file_format, nproc=self.nproc, progress=progress,

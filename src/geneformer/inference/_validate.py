@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Checking that tokenized cells fit a model before any forward pass: not empty, the same vocabulary
+(the V1/V2 mix-up named), no cell longer than the model accepts."""
 
 from __future__ import annotations
 

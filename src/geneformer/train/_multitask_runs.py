@@ -76,7 +76,7 @@ class MultiTaskRun:
     gradient_accumulation_steps: int = 1
     seed: int = 42
     num_workers: int = 0
-    progress: bool = True
+    progress: bool | None = None
     vocab: Any = None
 
 
