@@ -67,6 +67,7 @@ from ._shards import (
     attention_cost,
     balanced_bounds,
     completed_shards,
+    fingerprint,
     mark_shard_done,
     parse_shard,
     shard_bounds,
@@ -87,6 +88,6 @@ __all__ = [
     "resolve_device", "resolve_dtype", "save_dataset", "save_figure", "show_progress", "state_list",
     "temp_path", "torch_threads", "trainer_device_args", "usable_cpus", "world_size", "write_bytes", "write_csv", "write_json", "write_parquet",
     "write_pickle", "write_text", "write_with",
-    "Shard", "ShardError", "assign_balanced", "attention_cost", "balanced_bounds", "completed_shards",
+    "Shard", "ShardError", "assign_balanced", "attention_cost", "balanced_bounds", "completed_shards", "fingerprint",
     "mark_shard_done", "parse_shard", "shard_bounds", "shard_done", "shard_part", "shard_record", "shards_dir",
 ]

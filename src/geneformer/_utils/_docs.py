@@ -57,5 +57,8 @@ def doc_params(**texts: str) -> Callable[[Any], Any]:
     return decorate
 
 doc_nproc = """nproc: worker processes (None: ``settings.n_jobs``)."""
-doc_file_format = """file_format: the input format ("h5ad", "zarr", "loom", "10x_h5", "10x_mtx"), or None to
-            tell it from each file name."""
+doc_file_format = """file_format: the input format ("h5ad", "zarr", "loom", "10x_h5", "10x_mtx", "soma"), or
+            None to tell it from each file name."""
+doc_shard = """shard: ``(i, n)`` or ``"i/n"``: do only the ``i``-th of ``n`` slices of the work (from 0) into a
+            part beside the output; ``geneformer.shards.merge(output)`` then writes the output. A
+            finished shard is not redone; None: the whole run."""

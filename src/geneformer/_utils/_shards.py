@@ -16,6 +16,7 @@ writes ``X`` as the single run would have.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._atomic import write_json
+from ._atomic import json_default, write_json
 from ._errors import GeneformerError, OptionError
 
 SHARDS_SUFFIX = ".shards"
@@ -212,3 +213,17 @@ def completed_shards(output: str | os.PathLike) -> tuple[str, int, list[dict]]:
         raise ShardError(f"{len(missing)} of {count} shards of {output} have not finished: {shown}. "
                          f"Run them with --shard I/N (same output), then merge again.")
     return kinds.pop(), count, [by_index[i] for i in range(count)]
+
+
+def fingerprint(**parts: Any) -> str:
+    """A stable hash of a run's settings and inputs (JSON-able values and byte strings), e.g. for
+    :func:`mark_shard_done`: every shard of one run computes the same one."""
+    h = hashlib.sha256()
+    for name in sorted(parts):
+        value = parts[name]
+        h.update(name.encode())
+        if isinstance(value, (bytes, bytearray)):
+            h.update(value)
+        else:
+            h.update(json.dumps(value, sort_keys=True, default=json_default).encode())
+    return h.hexdigest()[:32]

@@ -18,6 +18,8 @@ Examples:
 
   geneformer build-vocab vocab/gene_digests_old.npz new_batch.h5ad --output vocab2/
 
+  geneformer build-vocab corpus/*.h5ad --output vocab/ --exact --shard 3/8   # then: geneformer merge vocab/
+
 The folder then holds token_dictionary_NAME.pkl and gene_median_dictionary_NAME.pkl (the published layout), the same as JSON (load with GeneVocab.from_dir or `geneformer tokenize --vocab`), and gene_stats_NAME.tsv with each gene's median and detection count. Inputs ending in .npz are sketches saved earlier with --save-digests, merged with the new data.
 """
 
@@ -54,31 +56,31 @@ def build_vocab_command(
                                         help="Keep only genes of this type (column gene_type); repeatable."),
     save_digests: bool = typer.Option(False, "--save-digests",
                                       help="Also write gene_digests_NAME.npz to merge with later corpora."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Do only slice I of N (from 0) into a part beside "
+                                        "the output; then `geneformer merge OUTPUT`. A finished shard is not redone."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="With --shard: redo a finished shard."),
 ) -> None:
     """Estimate non-zero gene medians over a corpus and write a new gene vocabulary."""
     from .._utils import InputFileError
-    from ..vocab import GeneDigests, build_vocab, compute_gene_digests, write_vocab
+    from ..vocab import build_corpus_vocab
 
     data = [str(p) for p in inputs if p.suffix != ".npz"]
     saved = [p for p in inputs if p.suffix == ".npz"]
     try:
-        if data:
-            digests = compute_gene_digests(
-                data, file_format=file_format, gene_id_column=gene_id_column, exact=exact,
-                chunk_size=chunk_size, nproc=nproc,
-                gene_filter=_GeneTypeFilter("gene_type", gene_type) if gene_type else None,
-            )
-        else:
-            digests = GeneDigests(exact=exact)
-        for p in saved:
-            digests.merge(GeneDigests.load(p))
-        vocab = build_vocab(digests, special_tokens=special_tokens, min_cells=min_cells)
-        write_vocab(vocab, output, name, counts=digests.counts())
-        if save_digests:
-            digests.save(Path(output) / f"gene_digests_{name}.npz")
+        done = build_corpus_vocab(
+            data, output, name=name, special_tokens=special_tokens, min_cells=min_cells, saved_digests=saved,
+            save_digests=save_digests, shard=shard, overwrite=overwrite, file_format=file_format,
+            gene_id_column=gene_id_column, exact=exact, chunk_size=chunk_size, nproc=nproc,
+            gene_filter=_GeneTypeFilter("gene_type", gene_type) if gene_type else None,
+        )
     except (InputFileError, ValueError, KeyError, OSError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from exc
+    digests, vocab = done.digests, done.vocab
+    if vocab is None:
+        typer.echo(f"shard {shard}: {digests.n_cells} cells sketched into {done.path}; "
+                   f"run `geneformer merge {output}` once every shard has finished")
+        return
     typer.echo(f"{digests.n_cells} cells, {len(vocab.gene_medians)} genes detected ({digests.mode} medians); "
                f"wrote a {vocab.size}-token vocabulary to {output}")
 

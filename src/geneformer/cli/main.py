@@ -16,7 +16,8 @@ app = typer.Typer(
 )
 
 # Each module defines ``register(app)``; add a stage by adding its module here.
-COMMAND_MODULES = ["tokenize", "build_vocab", "embed", "models", "pretrain", "finetune", "perturb", "perturb_stats"]
+COMMAND_MODULES = ["tokenize", "build_vocab", "embed", "models", "pretrain", "finetune", "perturb", "perturb_stats",
+                   "merge"]
 
 
 def _register_all() -> None:

@@ -8,8 +8,9 @@ from .._utils import InputFileError
 from ._base import CellReader, select_columns, to_csr
 from ._cells import QC_COLUMNS, CellTotals, anndata_counts, filter_pass_mask
 from ._open import FORMATS, detect_format, open_reader
+from ._slices import block_costs, shard_rows
 
 __all__ = [
     "FORMATS", "QC_COLUMNS", "CellReader", "CellTotals", "InputFileError", "anndata_counts", "detect_format",
-    "filter_pass_mask", "open_reader", "select_columns", "to_csr",
+    "block_costs", "filter_pass_mask", "open_reader", "select_columns", "shard_rows", "to_csr",
 ]

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from anndata.io import read_elem, sparse_dataset
 
 from .._utils import InputFileError
-from ._base import CellReader, to_csr
+from ._base import CellReader, indptr_block_sums, to_csr
 from ._cells import anndata_counts
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,14 @@ class AnnDataReader(CellReader):
             raise InputFileError(f"Could not read rows {start}:{stop} of {self.describe()}: {exc}. "
                                  "The file may be truncated.") from exc
         return to_csr(block)
+
+    def block_nnz(self, block: int) -> np.ndarray | None:
+        X = self._X
+        if sp.issparse(X):
+            return indptr_block_sums(X.indptr, self._n, block) if X.format == "csr" else None
+        if getattr(X, "format", None) == "csr" and hasattr(X, "group"):  # a lazy CSR store
+            return indptr_block_sums(X.group["indptr"], self._n, block)
+        return None
 
     def reopen_args(self) -> tuple | None:
         return None if self.path is None else (self.path, {"layer": self.layer})

@@ -55,6 +55,12 @@ class CellReader(ABC):
         for s in range(start, stop, chunk_size):
             yield s, self.read_rows(s, min(s + chunk_size, stop))
 
+    def block_nnz(self, block: int) -> np.ndarray | None:
+        """Stored values in each run of ``block`` rows (the last may be shorter), when the format
+        tells them without reading the matrix (a CSR row pointer); None otherwise. Shards balance
+        by them."""
+        return None
+
     def reopen_args(self) -> tuple | None:
         """Arguments for :func:`geneformer.io.open_reader` that reopen this file in a worker, or None."""
         return None
@@ -114,3 +120,11 @@ def to_csr(block: Any, dtype: Any = None) -> sp.csr_matrix:
     if dtype is not None and m.dtype != dtype:
         m = m.astype(dtype)
     return m
+
+
+def indptr_block_sums(indptr: Any, n_rows: int, block: int) -> np.ndarray:
+    """Stored values per run of ``block`` rows from a CSR row pointer (array or lazy dataset),
+    reading only every ``block``-th entry."""
+    edges = np.asarray(indptr[0:n_rows:block], dtype=np.int64)
+    last = np.asarray(indptr[n_rows:n_rows + 1], dtype=np.int64)
+    return np.diff(np.concatenate([edges, last]))

@@ -20,11 +20,13 @@ from ._pipeline import (
     tokenize_in_memory,
     tokenize_to_disk,
 )
+from ._shards import merge_token_shards
 from ._writer import DatasetWriter, write_dataset
 
 __all__ = [
     "ChunkStats", "DatasetWriter", "FileReport", "TokenizedAnnData", "TokenizerSettings", "dataset_path",
-    "empty_schema", "find_input_files", "iter_batches", "log_summary", "match_and_tokenize", "rank_value_encode",
+    "empty_schema", "find_input_files", "iter_batches", "log_summary", "match_and_tokenize", "merge_token_shards",
+    "rank_value_encode",
     "tokenize_anndata", "tokenize_files", "tokenize_in_memory", "tokenize_to_disk", "tokenizer_settings",
     "write_dataset",
 ]

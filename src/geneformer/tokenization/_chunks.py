@@ -138,10 +138,12 @@ def encode_range(reader: CellReader, bounds: tuple[int, int], job: FileJob, sett
     return batches, total, bounds[1] - bounds[0]
 
 
-def row_ranges(n_cells: int, settings: TokenizerSettings) -> list[tuple[int, int]]:
-    """The worker tasks of a file: ranges of :data:`TASK_CHUNKS` chunks."""
+def row_ranges(n_cells: int, settings: TokenizerSettings, start: int = 0, stop: int | None = None
+               ) -> list[tuple[int, int]]:
+    """The worker tasks of a file's rows ``start:stop``: ranges of :data:`TASK_CHUNKS` chunks."""
+    stop = n_cells if stop is None else min(stop, n_cells)
     step = settings.chunk_size * TASK_CHUNKS
-    return [(s, min(s + step, n_cells)) for s in range(0, n_cells, step)]
+    return [(s, min(s + step, stop)) for s in range(start, stop, step)]
 
 
 # ---- in worker processes: the settings and job arrive once, the file is opened once per worker

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field, fields
 
 from .._constants import MODEL_INPUT_SIZE
 from .._utils import OptionError, check_positive_int, doc_params
-from .._utils._docs import doc_file_format, doc_nproc, doc_progress
+from .._utils._docs import doc_file_format, doc_nproc, doc_progress, doc_shard
 from ..vocab import GeneVocab, as_vocab
 
 logger = logging.getLogger(__name__)
 
 #: Parameter texts shared by the tokenization entry points (see ``_utils._docs``).
 DOCS = {
-    "file_format": doc_file_format, "nproc": doc_nproc, "progress": doc_progress,
+    "file_format": doc_file_format, "nproc": doc_nproc, "progress": doc_progress, "shard": doc_shard,
     "vocab": """vocab: a version name ("V1"/"V2"), a vocabulary folder, or a ``GeneVocab``.""",
     "model_input_size": """model_input_size: most tokens per cell, special tokens included (None: 4,096 with
             special tokens, else 2,048).""",
@@ -48,6 +48,7 @@ class TokenizerSettings:
     use_h5ad_index: bool = False
     layer: str | None = None
     attr_map: dict[str, str] = field(default_factory=dict)  # input column -> output column
+    read_options: dict = field(default_factory=dict)  # more reader options (e.g. a SOMA value_filter)
 
     @property
     def max_genes(self) -> int:
@@ -56,7 +57,7 @@ class TokenizerSettings:
     @property
     def reader_options(self) -> dict:
         """Keyword arguments of :func:`geneformer.io.open_reader`."""
-        return {"layer": self.layer} if self.layer is not None else {}
+        return {**({"layer": self.layer} if self.layer is not None else {}), **self.read_options}
 
 
 @doc_params(**DOCS)
@@ -73,6 +74,7 @@ def tokenizer_settings(
     layer: str | None = None,
     keep_counts: bool = False,
     collapse_gene_ids: bool = True,
+    reader_options: dict | None = None,
 ) -> TokenizerSettings:
     """Settings from a vocabulary: input size and special tokens follow it unless given.
 
@@ -88,6 +90,8 @@ def tokenizer_settings(
         {layer}
         {keep_counts}
         {collapse_gene_ids}
+        reader_options: more keyword arguments of :func:`geneformer.io.open_reader`, e.g. for a SOMA
+            experiment ``measurement``, ``value_filter`` and ``var_id_column``.
     """
     vocab = as_vocab(vocab)
     if special_token is None:
@@ -104,7 +108,7 @@ def tokenizer_settings(
         special_token=bool(special_token), collapse_gene_ids=bool(collapse_gene_ids), keep_counts=bool(keep_counts),
         chunk_size=check_positive_int("chunk_size", chunk_size), gene_id_column=gene_id_column,
         gene_symbol_column=gene_symbol_column, use_h5ad_index=bool(use_h5ad_index), layer=layer,
-        attr_map=dict(custom_attr_name_dict or {}),
+        attr_map=dict(custom_attr_name_dict or {}), read_options=dict(reader_options or {}),
     )
 
 

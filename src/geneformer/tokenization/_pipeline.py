@@ -19,11 +19,12 @@ import pyarrow as pa
 
 from .._constants import FileFormat
 from .._settings import settings as _gf_settings
-from .._utils import check_positive_int, doc_params, ordered_map, progress_bar
+from .._utils import Shard, check_positive_int, doc_params, ordered_map, parse_shard, progress_bar
 from ..io import CellReader, open_reader
 from ..vocab import GeneVocab
 from ._chunks import FileJob, encode_range, prepare_file, row_ranges, worker_init, worker_task
 from ._options import DOCS, ChunkStats, FileReport, TokenizerSettings, tokenizer_settings
+from ._shards import plan_shard
 from ._writer import write_dataset
 
 logger = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ def _nproc(nproc: int | None) -> int:
     return _gf_settings.n_jobs if nproc is None else check_positive_int("nproc", nproc)
 
 
-def _encode_file(reader: CellReader, job: FileJob, settings: TokenizerSettings, nproc: int
-                 ) -> Iterator[tuple[list[pa.RecordBatch], ChunkStats, int]]:
-    bounds = row_ranges(reader.n_cells, settings)
+def _encode_file(reader: CellReader, job: FileJob, settings: TokenizerSettings, nproc: int,
+                 rows: tuple[int, int] | None = None) -> Iterator[tuple[list[pa.RecordBatch], ChunkStats, int]]:
+    bounds = row_ranges(reader.n_cells, settings, *(rows or ()))
     if nproc > 1 and len(bounds) > 1 and job.reader_args is not None:
         yield from ordered_map(worker_task, bounds, nproc, initializer=worker_init, initargs=(settings, job),
                                what=reader.describe())
@@ -53,6 +54,7 @@ def iter_batches(
     nproc: int | None = None,
     progress: bool | None = None,
     reports: list[FileReport] | None = None,
+    rows: Sequence[tuple[int, int]] | None = None,
 ) -> Iterator[tuple[pa.RecordBatch, str]]:
     """Yield ``(record_batch, source)`` for every chunk of every input, in input order.
 
@@ -63,22 +65,26 @@ def iter_batches(
         {nproc}
         {progress}
         reports: a list that receives one :class:`FileReport` per input as it is started.
+        rows: per input, the ``(start, stop)`` rows to encode (None: all; a shard's rows start on a
+            chunk boundary, so its chunks are those of the whole run).
     """
     nproc = _nproc(nproc)
-    for source in inputs:
+    for k, source in enumerate(inputs):
         reader = source if isinstance(source, CellReader) else open_reader(source, file_format,
                                                                            **settings.reader_options)
-        report = FileReport(path=reader.describe(), n_cells=reader.n_cells)
+        span = None if rows is None else rows[k]
+        n_cells = reader.n_cells if span is None else span[1] - span[0]
+        report = FileReport(path=reader.describe(), n_cells=n_cells)
         if reports is not None:
             reports.append(report)
         with reader:
             job = prepare_file(reader, settings, report)
             logger.info("%s: %d cells; genes from %s (%.1f%% in the vocabulary); n_counts from %s.",
-                        report.path, reader.n_cells, report.gene_source, 100 * report.gene_overlap,
+                        report.path, n_cells, report.gene_source, 100 * report.gene_overlap,
                         report.n_counts_source)
-            with progress_bar(total=reader.n_cells, desc=f"Tokenizing {Path(report.path).name}", unit="cells",
+            with progress_bar(total=n_cells, desc=f"Tokenizing {Path(report.path).name}", unit="cells",
                               progress=progress) as bar:
-                for batches, stats, done in _encode_file(reader, job, settings, nproc):
+                for batches, stats, done in _encode_file(reader, job, settings, nproc, span):
                     report.add(stats)
                     bar.update(done)
                     for b in batches:
@@ -129,6 +135,7 @@ def tokenize_to_disk(
     nproc: int | None = None,
     progress: bool | None = None,
     reports: list[FileReport] | None = None,
+    shard: "Shard | str | tuple[int, int] | None" = None,
 ) -> Any:
     """Tokenize inputs in order into one dataset folder at ``output_path``; returns it memory-mapped.
 
@@ -141,12 +148,34 @@ def tokenize_to_disk(
         {nproc}
         {progress}
         reports: a list that receives one :class:`FileReport` per input.
+        {shard}
     """
     reports = [] if reports is None else reports
+    shard = parse_shard(shard)
+    if shard is not None:
+        return _tokenize_shard(list(inputs), output_path, settings, shard, file_format=file_format,
+                               overwrite=overwrite, nproc=nproc, progress=progress, reports=reports)
     batches = iter_batches(inputs, settings, file_format=file_format, nproc=nproc, progress=progress,
                            reports=reports)
     ds = write_dataset(batches, output_path, overwrite=overwrite, empty_schema=empty_schema(settings))
     log_summary(reports, output_path)
+    return ds
+
+
+def _tokenize_shard(inputs: list, output_path: str | os.PathLike, settings: TokenizerSettings, shard: Shard, *,
+                    file_format: FileFormat | None, overwrite: bool, nproc: int | None, progress: bool | None,
+                    reports: list[FileReport]) -> Any:
+    """Shard ``shard`` of the run into its part (nothing to do when it finished before)."""
+    import datasets
+
+    plan = plan_shard(inputs, output_path, settings, shard, file_format=file_format)
+    if not overwrite and plan.finished():
+        logger.info("Shard %s of %s finished before: nothing to do.", shard, output_path)
+        return datasets.load_from_disk(str(plan.part))
+    batches = iter_batches(plan.readers, settings, nproc=nproc, progress=progress, reports=reports, rows=plan.rows)
+    ds = write_dataset(batches, plan.part, overwrite=True, empty_schema=empty_schema(settings))
+    plan.mark_done(len(ds))
+    log_summary(reports, plan.part)
     return ds
 
 
@@ -216,21 +245,23 @@ def tokenize_files(
     overwrite: bool = False,
     nproc: int | None = None,
     progress: bool | None = None,
+    shard: "Shard | str | tuple[int, int] | None" = None,
     **options: Any,
 ) -> Any:
     """Tokenize files into one dataset folder at ``output_path``; returns it memory-mapped.
 
     Args:
-        inputs: paths (or AnnData objects), tokenized in order.
+        inputs: paths (or AnnData objects, or SOMA experiment URIs), tokenized in order.
         output_path: the dataset folder (an existing one is refused unless ``overwrite``).
         {vocab}
         {file_format}
-        overwrite: replace an existing output.
+        overwrite: replace an existing output (with ``shard``: redo a finished shard).
         {nproc}
         {progress}
+        {shard}
         options: the settings of :func:`tokenize_anndata` (``custom_attr_name_dict``, ``model_input_size``,
-            ``special_token``, ``chunk_size``, ``gene_id_column``, ...).
+            ``special_token``, ``chunk_size``, ``gene_id_column``, ``reader_options``, ...).
     """
     s = tokenizer_settings(vocab, **options)
     return tokenize_to_disk(list(inputs), output_path, s, file_format=file_format, overwrite=overwrite,
-                            nproc=nproc, progress=progress)
+                            nproc=nproc, progress=progress, shard=shard)

@@ -19,9 +19,9 @@ import pandas as pd
 
 from .._constants import FileFormat
 from .._settings import settings
-from .._utils import check_positive_int, doc_params, ordered_map, progress_bar
+from .._utils import Shard, check_positive_int, doc_params, ordered_map, parse_shard, progress_bar
 from .._utils._docs import doc_file_format, doc_nproc, doc_progress
-from ..io import CellReader, CellTotals, open_reader
+from ..io import CellReader, CellTotals, open_reader, shard_rows
 from ._digests import DEFAULT_EXACT_LIMIT, DEFAULT_MAX_CENTROIDS, GeneDigests
 
 logger = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ def compute_gene_digests(
     exact_limit: int = DEFAULT_EXACT_LIMIT,
     max_centroids: int = DEFAULT_MAX_CENTROIDS,
     progress: bool | None = None,
+    shard: "Shard | str | tuple[int, int] | None" = None,
 ) -> GeneDigests:
     """Stream every input (paths or AnnData) into one :class:`GeneDigests`.
 
@@ -159,6 +160,9 @@ def compute_gene_digests(
         symbol_column: gene table column of symbols, recorded for the vocabulary's symbol map.
         exact_limit, max_centroids: see :class:`GeneDigests`.
         {progress}
+        shard: ``(i, n)`` or ``"i/n"``: the sketch of only the ``i``-th of ``n`` slices of the cells
+            (whole chunks, balanced by stored values); merging the ``n`` sketches in order gives the
+            whole corpus's (the same exact medians).
     """
     nproc = settings.n_jobs if nproc is None else check_positive_int("nproc", nproc)
     chunk_size = check_positive_int("chunk_size", chunk_size)
@@ -173,21 +177,24 @@ def compute_gene_digests(
     try:
         for src in sources:
             readers.append(open_reader(src, file_format))
-        n_total = sum(r.n_cells for r in readers)
+        spans = shard_rows(readers, chunk_size, parse_shard(shard))
+        n_total = sum(b - a for a, b in spans)
         bar = progress_bar(total=n_total, unit="cell", desc="Gene medians", progress=progress, leave=True)
         tasks: list[_Task] = []
-        for r in readers:
+        for r, (first, last) in zip(readers, spans):
+            if last <= first:
+                continue  # another shard's rows
             args = r.reopen_args() if nproc > 1 else None
             if args is None:  # serial: in-memory data, or a single process
                 prep = _prepare(r, gene_id_column, gene_filter, symbol_column)
                 for k, v in prep.symbols.items():
                     total.gene_symbols.setdefault(k, v)
-                _digest_rows(r, prep, total, 0, r.n_cells, chunk_size, bar)
+                _digest_rows(r, prep, total, first, last, chunk_size, bar)
                 continue
             # row ranges of whole chunks, a few per worker for load balance
             step = max(chunk_size, math.ceil(n_total / (nproc * 4) / chunk_size) * chunk_size)
-            for s in range(0, r.n_cells, step):
-                tasks.append(_Task(args, r.format, s, min(s + step, r.n_cells), chunk_size, gene_id_column,
+            for s in range(first, last, step):
+                tasks.append(_Task(args, r.format, s, min(s + step, last), chunk_size, gene_id_column,
                                    gene_filter, symbol_column, dig_opts))
     finally:
         for r in readers:
