@@ -58,8 +58,8 @@ ClassifierKind = Literal["cell", "gene"]
 DtypeName = Literal["fp32", "bf16", "fp16"]
 
 # ---- tokenization and vocabularies -------------------------------------------------------------
-#: Input formats of the readers (``anndata``: an in-memory AnnData).
-FileFormat = Literal["h5ad", "zarr", "anndata", "loom", "10x_h5", "10x_mtx"]
+#: Input formats of the readers (``anndata``: an in-memory AnnData; ``soma``: a TileDB-SOMA experiment).
+FileFormat = Literal["h5ad", "zarr", "anndata", "loom", "10x_h5", "10x_mtx", "soma"]
 FILE_FORMATS: tuple[str, ...] = get_args(FileFormat)
 #: How a vocabulary is written: JSON (safe) or published-style pickles.
 VocabFormat = Literal["json", "pickle"]

@@ -9,6 +9,7 @@ from typing import Any
 from .._constants import FILE_FORMATS, FileFormat
 from .._utils import InputFileError
 from ._base import CellReader
+from ._soma import is_soma_uri
 
 #: file_format name -> (module, class)
 _READERS = {
@@ -18,6 +19,7 @@ _READERS = {
     "loom": ("geneformer.io._loom", "LoomReader"),
     "10x_h5": ("geneformer.io._tenx", "TenxH5Reader"),
     "10x_mtx": ("geneformer.io._tenx", "TenxMtxReader"),
+    "soma": ("geneformer.io._soma", "SomaReader"),
 }
 FORMATS = FILE_FORMATS
 #: other names accepted for a format
@@ -26,6 +28,8 @@ _ALIASES = {"mtx": "10x_mtx", "h5": "10x_h5", "10x": "10x_h5"}
 
 def detect_format(path: str | os.PathLike) -> FileFormat:
     """Guess the format of ``path`` from its name (and, for folders, contents)."""
+    if is_soma_uri(path):
+        return "soma"
     p = Path(path)
     name = p.name.lower()
     if name.endswith(".h5ad"):
@@ -42,19 +46,23 @@ def detect_format(path: str | os.PathLike) -> FileFormat:
         if (p / ".zgroup").exists() or (p / "zarr.json").exists():
             return "zarr"
     raise InputFileError(
-        f"Cannot tell the format of {p}: expected .h5ad, .zarr, .loom, a 10x .h5 file or a 10x MTX folder. "
+        f"Cannot tell the format of {p}: expected .h5ad, .zarr, .loom, a 10x .h5 file, a 10x MTX folder or a "
+        "TileDB-SOMA experiment. "
         "Pass file_format explicitly."
     )
 
 
 def open_reader(source: Any, file_format: FileFormat | str | None = None, **options: Any) -> CellReader:
-    """Open a reader for a path (format detected from the name unless given) or an AnnData."""
+    """Open a reader for a path or URI (format detected from the name unless given), an AnnData, or
+    an open ``tiledbsoma.Experiment`` (e.g. from ``cellxgene_census.open_soma()``)."""
     import importlib
 
     import anndata as ad
 
     if isinstance(source, ad.AnnData):
         file_format = "anndata"
+    elif type(source).__name__ == "Experiment" and hasattr(source, "ms"):
+        file_format = "soma"
     elif file_format is None:
         file_format = detect_format(source)
     file_format = _ALIASES.get(file_format, file_format)
