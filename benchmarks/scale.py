@@ -20,9 +20,7 @@ import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,29 +34,6 @@ def _tokenize_bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _measure(args: list[str]) -> tuple[float, float]:
-    """Run ``python -P -c ...args`` in a clean child: seconds and peak PSS (MiB) of its process tree."""
-    tree_pss = _tokenize_bench()._tree_rss
-    peak = 0
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-P", "-c", *args])
-    while proc.poll() is None:
-        peak = max(peak, tree_pss(proc.pid))
-        time.sleep(0.05)
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"the benchmark child failed with exit code {proc.returncode}")
-    return elapsed, peak / 2**20
-
-
-def _print_rate(runs: list[tuple[int, float]]) -> None:
-    if len(runs) > 1:
-        (n1, t1), (n2, t2) = runs[0], runs[-1]
-        # the difference removes the fixed cost of starting Python, imports and loading the dictionaries
-        print(f"incremental rate {n1}->{n2} cells: {(n2 - n1) / (t2 - t1):.0f} cells/s "
-              f"(fixed start-up cost ~{t1 - n1 * (t2 - t1) / (n2 - n1):.1f}s)")
 
 
 # ---- tokenize-soma ------------------------------------------------------------------------------
@@ -86,21 +61,17 @@ def make_soma(uri: Path, n_cells: int) -> None:
 
 
 def tokenize_soma(args: argparse.Namespace) -> None:
+    bench = _tokenize_bench()
+
+    def measure(uri: Path) -> tuple[float, float]:
+        out = uri.with_name(uri.stem + "_soma.dataset")
+        result = bench.measure_child([_TOKENIZE_SOMA, str(uri), str(out), str(args.chunk_size)])
+        shutil.rmtree(out, ignore_errors=True)
+        return result
+
     print(f"{'cells':>8} {'seconds':>8} {'cells/s':>9} {'peak PSS MiB':>13}  (SOMA experiment, chunk "
           f"{args.chunk_size}, 20000 genes, ~2500 non-zero per cell, V2, one process)")
-    runs = []
-    for n in args.cells:
-        uri = OUT / f"synthetic_{n}.soma"
-        if not uri.exists():
-            t = time.perf_counter()
-            make_soma(uri, n)
-            print(f"  (generated {uri.name} in {time.perf_counter() - t:.1f}s)", file=sys.stderr)
-        out = OUT / f"synthetic_{n}_soma.dataset"
-        secs, pss = _measure([_TOKENIZE_SOMA, str(uri), str(out), str(args.chunk_size)])
-        shutil.rmtree(out, ignore_errors=True)
-        runs.append((n, secs))
-        print(f"{n:>8} {secs:>8.1f} {n / secs:>9.0f} {pss:>13.0f}")
-    _print_rate(runs)
+    bench.size_series(args.cells, lambda n: OUT / f"synthetic_{n}.soma", make_soma, measure)
 
 
 # ---- sections ------------------------------------------------------------------------------------

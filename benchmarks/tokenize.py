@@ -21,6 +21,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -105,20 +106,46 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run(path: Path, nproc: int) -> tuple[float, float]:
-    out = OUT / (path.stem + ".dataset")
+def measure_child(args: list[str]) -> tuple[float, float]:
+    """Run ``python -P -c *args`` in a clean child (its memory is the job's alone): seconds and the
+    peak PSS of its process tree in MiB."""
     peak = 0
     t0 = time.perf_counter()
-    # a clean child: its memory is the tokenizer's alone
-    proc = subprocess.Popen([sys.executable, "-P", "-c", _TOKENIZE, str(path), str(out), str(nproc)])
+    proc = subprocess.Popen([sys.executable, "-P", "-c", *args])
     while proc.poll() is None:
         peak = max(peak, _tree_rss(proc.pid))
         time.sleep(0.05)
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"tokenization failed with exit code {proc.returncode}")
-    shutil.rmtree(out, ignore_errors=True)
+        raise SystemExit(f"the benchmark child failed with exit code {proc.returncode}")
     return elapsed, peak / 2**20
+
+
+def run(path: Path, nproc: int) -> tuple[float, float]:
+    out = OUT / (path.stem + ".dataset")
+    result = measure_child([_TOKENIZE, str(path), str(out), str(nproc)])
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def size_series(cells: list[int], input_of: Callable[[int], Path], make: Callable[[Path, int], None],
+                measure: Callable[[Path], tuple[float, float]]) -> None:
+    """One row per size (inputs made once and kept), then the incremental rate between the sizes."""
+    runs = []
+    for n in cells:
+        path = input_of(n)
+        if not path.exists():
+            t = time.perf_counter()
+            make(path, n)
+            print(f"  (generated {path.name} in {time.perf_counter() - t:.1f}s)", file=sys.stderr)
+        secs, rss = measure(path)
+        runs.append((n, secs))
+        print(f"{n:>8} {secs:>8.1f} {n / secs:>9.0f} {rss:>13.0f}")
+    if len(runs) > 1:
+        (n1, t1), (n2, t2) = runs[0], runs[-1]
+        # the difference removes the fixed cost of starting Python, imports and loading the dictionaries
+        print(f"incremental rate {n1}->{n2} cells: {(n2 - n1) / (t2 - t1):.0f} cells/s "
+              f"(fixed start-up cost ~{t1 - n1 * (t2 - t1) / (n2 - n1):.1f}s)")
 
 
 def main() -> None:
@@ -130,21 +157,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"{'cells':>8} {'seconds':>8} {'cells/s':>9} {'peak PSS MiB':>13}  (nproc={args.nproc}, "
           f"{N_GENES} genes, ~{int(DENSITY * N_GENES)} non-zero per cell, V2)")
-    runs = []
-    for n in args.cells:
-        path = OUT / f"synthetic_{n}.h5ad"
-        if not path.exists():
-            t = time.perf_counter()
-            make_h5ad(path, n)
-            print(f"  (generated {path.name} in {time.perf_counter() - t:.1f}s)", file=sys.stderr)
-        secs, rss = run(path, args.nproc)
-        runs.append((n, secs))
-        print(f"{n:>8} {secs:>8.1f} {n / secs:>9.0f} {rss:>13.0f}")
-    if len(runs) > 1:
-        (n1, t1), (n2, t2) = runs[0], runs[-1]
-        # the difference removes the fixed cost of starting Python, imports and loading the dictionaries
-        print(f"incremental rate {n1}->{n2} cells: {(n2 - n1) / (t2 - t1):.0f} cells/s "
-              f"(fixed start-up cost ~{t1 - n1 * (t2 - t1) / (n2 - n1):.1f}s)")
+    size_series(args.cells, lambda n: OUT / f"synthetic_{n}.h5ad", make_h5ad, lambda p: run(p, args.nproc))
 
 
 if __name__ == "__main__":

@@ -130,12 +130,14 @@ class SomaReader(CellReader):
         if not len(ids):
             return sp.csr_matrix((0, n_genes), dtype=np.float32)
         # a run of consecutive cells is one range read (SOMA slices include their end)
-        coords = slice(int(ids[0]), int(ids[-1])) if ids[-1] - ids[0] == len(ids) - 1 else ids
+        run = ids[-1] - ids[0] == len(ids) - 1
+        coords = slice(int(ids[0]), int(ids[-1])) if run else ids
         try:
             table = self._X.read(coords=(coords,)).tables().concat()
         except Exception as exc:
             raise InputFileError(f"Could not read cells {start}:{stop} of {self.describe()}: {exc}") from exc
-        rows = np.searchsorted(ids, table["soma_dim_0"].to_numpy())
+        dim0 = table["soma_dim_0"].to_numpy()
+        rows = dim0 - ids[0] if run else np.searchsorted(ids, dim0)
         cols = self._var_pos[table["soma_dim_1"].to_numpy()]
         data = table["soma_data"].to_numpy()
         # COO to CSR sorts each row's columns, as the other readers give them
