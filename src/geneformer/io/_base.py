@@ -45,6 +45,11 @@ class CellReader(ABC):
     def read_obs(self, columns: list[str] | None = None) -> pd.DataFrame:
         """Cell attributes (all cells, file order); ``columns=None`` reads every column."""
 
+    def read_obs_rows(self, columns: list[str], start: int, stop: int) -> pd.DataFrame:
+        """Cell attributes of the cells ``start:stop`` (formats that can read part of a column
+        override this; the others read the columns whole)."""
+        return self.read_obs(columns).iloc[start:stop]
+
     @abstractmethod
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         """Counts of cells ``start:stop`` as CSR (cells × file genes)."""

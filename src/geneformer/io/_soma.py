@@ -112,13 +112,20 @@ class SomaReader(CellReader):
         return [c for c in self._file.obs.schema.names if c != _JOINID]
 
     def read_obs(self, columns: list[str] | None = None) -> pd.DataFrame:
-        cols = self.obs_columns if columns is None else list(columns)
+        return self.read_obs_rows(self.obs_columns if columns is None else list(columns), 0, self._n)
+
+    def read_obs_rows(self, columns: list[str], start: int, stop: int) -> pd.DataFrame:
+        cols = list(columns)
         missing = [c for c in cols if c not in self.obs_columns]
         if missing:
             raise InputFileError(f"{self.describe()} has no obs column(s) {missing}; columns: {self.obs_columns}.")
         id_col = next((c for c in _OBS_ID_COLUMNS if c in self.obs_columns), None)
         wanted = list(dict.fromkeys([_JOINID, *cols, *([id_col] if id_col else [])]))
-        obs = self._query.obs(column_names=wanted).concat().to_pandas().sort_values(_JOINID, kind="stable")
+        if (start, stop) == (0, self._n):
+            table = self._query.obs(column_names=wanted)
+        else:  # a shard reads the cell table of its own cells only
+            table = self._file.obs.read(coords=(self._joinids[start:stop],), column_names=wanted)
+        obs = table.concat().to_pandas().sort_values(_JOINID, kind="stable")
         index = obs[id_col] if id_col else obs[_JOINID]
         out = obs[cols].copy()
         out.index = pd.Index(np.asarray(index, dtype=object)).astype(str)

@@ -30,12 +30,15 @@ class FileJob:
     reader_args: tuple | None  # reopens the file in a worker; None: in-memory data, encoded in this process
     file_format: str | None
     gene_map: GeneMap
-    cells: CellTotals
-    attrs: pd.DataFrame  # carried attributes (output names), one row per cell of the file
+    cells: CellTotals  # of the cells from ``first`` on
+    attrs: pd.DataFrame  # carried attributes (output names), one row per cell from ``first`` on
+    first: int = 0  # the file row of the first cell the job covers (a shard's first row)
 
 
-def prepare_file(reader: CellReader, settings: TokenizerSettings, report: FileReport) -> FileJob:
-    """Map the file's genes onto the vocabulary and read its cell table; fills the report's sources."""
+def prepare_file(reader: CellReader, settings: TokenizerSettings, report: FileReport,
+                 rows: tuple[int, int] | None = None) -> FileJob:
+    """Map the file's genes onto the vocabulary and read its cell table (the ``rows`` only, when
+    given); fills the report's sources."""
     src = reader.describe()
     ids, gene_source = file_gene_ids(
         reader.var, settings.vocab, gene_id_column=settings.gene_id_column,
@@ -59,14 +62,15 @@ def prepare_file(reader: CellReader, settings: TokenizerSettings, report: FileRe
         raise InputFileError(f"{src} has no cell attribute(s) {missing}; available: {cols}.")
     # one read of the cell table: the carried attributes and the columns every input is read for
     wanted = list(dict.fromkeys([*settings.attr_map, *(c for c in QC_COLUMNS if c in cols)]))
-    obs = reader.read_obs(wanted) if wanted else pd.DataFrame(index=range(reader.n_cells))
+    first, last = rows if rows is not None else (0, reader.n_cells)
+    obs = reader.read_obs_rows(wanted, first, last) if wanted else pd.DataFrame(index=range(last - first))
     cells = CellTotals.from_obs(obs)
     report.n_counts_source = cells.source
     attrs = pd.DataFrame({out: obs[inp].reset_index(drop=True) for inp, out in settings.attr_map.items()})
     if attrs.shape[1] == 0:
-        attrs = pd.DataFrame(index=range(reader.n_cells))
+        attrs = pd.DataFrame(index=range(last - first))
     fmt = reader.format if reader.format in FORMATS else None
-    return FileJob(reader.reopen_args(), fmt, gmap, cells, attrs)
+    return FileJob(reader.reopen_args(), fmt, gmap, cells, attrs, first)
 
 
 def encode_chunk(counts: sp.csr_matrix, start: int, job: FileJob, settings: TokenizerSettings
@@ -77,8 +81,9 @@ def encode_chunk(counts: sp.csr_matrix, start: int, job: FileJob, settings: Toke
     data = counts.data
     if data.dtype.kind == "f" and data.size and not np.all(np.mod(data[: 100_000], 1) == 0):
         stats.non_integer = True
-    n_counts = job.cells.n_counts_of(start, counts)
-    keep = job.cells.keep_of(start, stop)
+    at = start - job.first  # the cell tables start at the job's first row
+    n_counts = job.cells.n_counts_of(at, counts)
+    keep = job.cells.keep_of(at, stop - job.first)
     stats.n_filtered = int((~keep).sum())
     bad = ~np.isfinite(n_counts) | (n_counts <= 0)
     stats.n_bad_counts = int((bad & keep).sum())
@@ -101,7 +106,7 @@ def encode_chunk(counts: sp.csr_matrix, start: int, job: FileJob, settings: Toke
         enc = enc.take(np.flatnonzero(nonempty))
     rows = np.flatnonzero(keep)[nonempty]
     batch = _to_record_batch(enc.values, enc.offsets, enc.lengths, enc.counts,
-                             job.attrs.iloc[start:stop].iloc[rows], settings.vocab.token_dtype)
+                             job.attrs.iloc[at:stop - job.first].iloc[rows], settings.vocab.token_dtype)
     return batch, stats
 
 

@@ -78,7 +78,7 @@ def iter_batches(
         if reports is not None:
             reports.append(report)
         with reader:
-            job = prepare_file(reader, settings, report)
+            job = prepare_file(reader, settings, report, span)
             logger.info("%s: %d cells; genes from %s (%.1f%% in the vocabulary); n_counts from %s.",
                         report.path, n_cells, report.gene_source, 100 * report.gene_overlap,
                         report.n_counts_source)
