@@ -7,7 +7,6 @@ from conftest import pbmc3k_cells
 from typer.testing import CliRunner
 
 from geneformer._utils import ShardError
-from geneformer.shards import merge
 from geneformer.vocab import GeneDigests, GeneVocab, build_corpus_vocab, compute_gene_digests
 
 
