@@ -2,9 +2,9 @@
 
 Shard ``i/n`` sketches its slice of the cells (:func:`compute_gene_digests` with ``shard``) into
 ``OUTPUT.shards/shard-….npz``; :func:`merge_vocab_shards` merges the sketches in shard order and
-writes the vocabulary as the single run would. Exact sketches (``exact=True``, or automatic while
-the corpus is small) hold every value, so the merged medians are the single run's exactly;
-t-digests merge to estimates of the same accuracy.
+writes the vocabulary as the single run would. Exact sketches (``exact=True``) hold every value,
+so the merged medians are the single run's exactly; t-digests merge to estimates of the same
+accuracy (with ``exact=None`` each shard switches to t-digests on its own slice's size).
 """
 
 from __future__ import annotations
