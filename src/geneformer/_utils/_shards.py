@@ -16,6 +16,7 @@ writes ``X`` as the single run would have.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._atomic import write_json
+from ._atomic import json_default, write_json
 from ._errors import GeneformerError, OptionError
 
 SHARDS_SUFFIX = ".shards"
@@ -134,6 +135,34 @@ def assign_balanced(costs: Sequence[float] | np.ndarray, n: int) -> list[np.ndar
         owned[w].append(int(i))
         loads[w] += costs[i]
     return [np.array(sorted(o), dtype=np.int64) for o in owned]
+
+
+# ---- what identifies a run ------------------------------------------------------------------------
+def fingerprint(**parts: Any) -> str:
+    """A stable hash of a run's settings and inputs (JSON-able values and byte strings): the same in
+    every shard and process of one run, different when anything that decides the result differs."""
+    h = hashlib.sha256()
+    for name in sorted(parts):
+        value = parts[name]
+        h.update(name.encode())
+        if isinstance(value, (bytes, bytearray)):
+            h.update(value)
+        else:
+            h.update(json.dumps(value, sort_keys=True, default=json_default).encode())
+    return h.hexdigest()[:32]
+
+
+def model_digest(model: Any) -> bytes:
+    """A cheap identity of a model's weights: a strided sample of every parameter (not the whole
+    model), the same on any device."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 2048)
+        h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.digest()
 
 
 # ---- parts on disk ---------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ data has a cell-identifier column), ``value`` (cosine similarity or shift, float
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ import numpy as np
 
 from .._utils import (
     atomic_path,
-    json_default,  # the JSON form write_json gives numpy values
+    fingerprint,  # re-exported: the one run fingerprint of the package
     write_json,
     write_parquet,
 )
@@ -51,19 +50,6 @@ __all__ = [
     "part_table",
     "raw_file_names",
 ]
-
-
-def fingerprint(**parts: Any) -> str:
-    """A stable hash of the run's settings and inputs (JSON-able values and byte strings)."""
-    h = hashlib.sha256()
-    for name in sorted(parts):
-        value = parts[name]
-        h.update(name.encode())
-        if isinstance(value, (bytes, bytearray)):
-            h.update(value)
-        else:
-            h.update(json.dumps(value, sort_keys=True, default=json_default).encode())
-    return h.hexdigest()[:32]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +263,11 @@ class RunStore:
         if has_gene:
             written.append(save_raw(gene, names["gene"]))
         return written
+
+    def remove_part_files(self, indices: Iterable[int]) -> None:
+        """Delete the given parts (a shard started afresh redoes only its own)."""
+        for i in indices:
+            self.part_path(i).unlink(missing_ok=True)
 
     def remove_parts(self) -> None:
         shutil.rmtree(self.parts_dir, ignore_errors=True)
