@@ -47,13 +47,14 @@ def embed_command(
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: embed only slice I (from 0) of N; then `geneformer merge OUTPUT`."
     ),
+    chunk_rows: int = typer.Option(4096, "--chunk-rows", help="Cells per chunk file (the unit of resuming)."),
 ) -> None:
     from ..embeddings import output_format
 
     try:
         fmt = output_format(output, fmt)
         _run(input, model, output, mode, emb_layer, label or [], max_ncells, batch_size, device, dtype, fmt,
-             gene_names, not quiet, shard)
+             gene_names, not quiet, shard, chunk_rows)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
@@ -61,7 +62,7 @@ def embed_command(
 
 
 def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_size, device, dtype, fmt,
-         gene_names, progress, shard=None) -> None:
+         gene_names, progress, shard=None, chunk_rows=4096) -> None:
     import anndata as ad
 
     from ..data import load_tokenized
@@ -87,7 +88,8 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
         dataset = load_tokenized(input)
     path = embed_to_file(model, dataset, output, mode=mode, emb_layer=emb_layer, labels=labels, max_ncells=max_ncells,
                          batch_size=batch_size, device=device, dtype=dtype, fmt=fmt,
-                         adata=adata if fmt == "h5ad" else None, shard=shard, progress=progress)
+                         adata=adata if fmt == "h5ad" else None, shard=shard, chunk_rows=chunk_rows,
+                         progress=progress)
     if path is not None:  # None: another rank's process, or a shard (the log says how to merge)
         typer.echo(f"Wrote {mode} embeddings to {output}")
 
