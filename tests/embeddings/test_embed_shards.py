@@ -177,3 +177,14 @@ def test_an_interrupted_shard_resumes_and_a_finished_one_is_skipped(model, cells
     embed_to_file(model, cells, out, chunk_rows=4, shard=(0, 2), progress=False)
     merge(out)
     _same_table(out, embed_to_file(model, cells, tmp_path / "single.parquet", chunk_rows=4, progress=False))
+
+
+def test_merge_finds_the_parts_beside_the_output_from_anywhere(model, cells, tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    for i in range(2):
+        embed_to_file(model, cells, "rel.csv", chunk_rows=10, shard=(i, 2), progress=False)
+    monkeypatch.chdir(tmp_path)
+    merge(tmp_path / "run" / "rel.csv")
+    np.testing.assert_allclose(_embs(_read(tmp_path / "run" / "rel.csv")), cell_embeddings(model, cells, progress=False),
+                               atol=1e-6)

@@ -146,12 +146,13 @@ def embed_to_file(
         raise InputError("The dataset has no cells.")
     from ..models import model_vocab_version
 
+    special = SpecialTokens.for_model(model, vocab)
     meta = {"mode": mode, "fmt": fmt, "labels": labels, "hidden": int(model.config.hidden_size),
             "n_cells": int(len(lengths)), "fresh_adata": adata is None or max_ncells is not None,
-            "adata": os.fspath(adata) if isinstance(adata, (str, os.PathLike)) else None,
+            "adata": os.path.abspath(adata) if isinstance(adata, (str, os.PathLike)) else None,
             "vocab_version": model_vocab_version(model)}
     fp = fingerprint(settings={**meta, "emb_layer": emb_layer, "max_ncells": max_ncells, "chunk_rows": chunk_rows,
-                               "vocab": vocab if isinstance(vocab, str) or vocab is None else repr(vocab)},
+                               "special": [special.cls_id, special.eos_id, special.pad_id]},
                      model=model_digest(model), cells=_cells_digest(ds, lengths))
     if shard is not None and resume and shard_done(output, shard, fp):
         logger.info("Shard %s of %s is already complete; nothing to do.", shard, output)
@@ -162,13 +163,12 @@ def embed_to_file(
     chunks = [(a, min(a + chunk_rows, hi)) for a in range(lo, hi, chunk_rows)]
     dev = resolve_device(device)
     model.to(dev)
-    special = SpecialTokens.for_model(model, vocab)
     kw = dict(emb_layer=emb_layer, vocab=special, batch_size=batch_size, device=dev, amp_dtype=dtype, progress=False)
     costs = [attention_cost(lengths[a:b]).sum() for a, b in chunks]
     mine = assign_balanced(costs, world)[this_rank].tolist() if chunks else []
     t0 = time.perf_counter()
     if mode == "gene":
-        _gene_chunks(model, ds, chunks, mine, work, this_rank, kw, progress)
+        _gene_chunks(model, ds, chunks, mine, _genes_path(work, this_rank, world), kw, progress)
     else:
         _cell_chunks(model, ds, chunks, mine, work, mode, labels, meta["fresh_adata"] or fmt != "h5ad", kw, progress)
     logger.info("rank %d embedded %d chunk(s) in %.1f s", this_rank, len(mine), time.perf_counter() - t0)
@@ -177,7 +177,7 @@ def embed_to_file(
         if this_rank != 0:
             return None
     if shard is not None:
-        mark_shard_done(output, shard, SHARD_KIND, fp, **meta, work=str(work), n_chunks=len(chunks), ranks=world)
+        mark_shard_done(output, shard, SHARD_KIND, fp, **meta, n_chunks=len(chunks), ranks=world)
         logger.info("Shard %s done (cells %d-%d); merge with: geneformer merge %s", shard, lo, hi, output)
         return None
     _assemble(output, {**meta, "work": [str(work)], "chunks": [len(chunks)], "ranks": [world]}, adata)
@@ -191,7 +191,9 @@ def merge_embedding_shards(output: str | os.PathLike, records: list[dict]) -> Pa
     markers in shard order, see ``geneformer.shards.merge``): what the single run writes."""
     output = Path(output)
     first = records[0]
-    meta = {**first, "work": [r["work"] for r in records], "chunks": [int(r["n_chunks"]) for r in records],
+    # the parts lie beside the output that merge is given (wherever the shards ran from)
+    work = [str(shard_part(output, Shard(*r["shard"]))) for r in records]
+    meta = {**first, "work": work, "chunks": [int(r["n_chunks"]) for r in records],
             "ranks": [int(r["ranks"]) for r in records]}
     _assemble(output, meta, first.get("adata"))
     shutil.rmtree(shards_dir(output), ignore_errors=True)
@@ -265,9 +267,13 @@ def _chunk_done_hook(k: int) -> None:
     """Called after each chunk is safely on disk (tests replace it to simulate a crash)."""
 
 
-def _gene_chunks(model, ds, chunks, mine, work, this_rank, kw, progress) -> None:
+def _genes_path(work: Path, this_rank: int, world: int) -> Path:
+    # named by the number of ranks too: which chunks a rank sums depends on it
+    return work / f"genes-rank{this_rank:05d}-of-{world:05d}.npz"
+
+
+def _gene_chunks(model, ds, chunks, mine, path, kw, progress) -> None:
     """Per-token sums and counts over this rank's chunks, kept in one file per rank."""
-    path = work / f"genes-rank{this_rank:05d}.npz"
     if path.is_file():
         return
     vocab_size, hidden = int(model.config.vocab_size), int(model.config.hidden_size)
@@ -405,7 +411,7 @@ def _write_genes(output: Path, meta: dict, adata: Any) -> None:
     counts: dict[int, float] = {}
     for work, ranks in zip(meta["work"], meta["ranks"]):
         for r in range(int(ranks)):
-            path = Path(work) / f"genes-rank{r:05d}.npz"
+            path = _genes_path(Path(work), r, int(ranks))
             if not path.is_file():
                 raise ShardError(f"{path} is missing; rerun the shard that wrote {work}.")
             with np.load(path) as z:

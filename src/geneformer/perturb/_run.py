@@ -211,9 +211,9 @@ def run_perturbation(
             return None
         _wait_for_parts(store, range(first, stop))
     if shard is not None:
-        mark_shard_done(store.final, shard, SHARD_KIND, fp, directory=str(out_dir), prefix=opp,
+        mark_shard_done(store.final, shard, SHARD_KIND, fp, prefix=opp,
                         n_parts=len(parts), parts=[first, stop], write_raw=bool(write_raw),
-                        keep_parts=bool(keep_parts), raw_names={k: str(v) for k, v in names.items()},
+                        keep_parts=bool(keep_parts), raw_names={k: v.name for k, v in names.items()},
                         states=list(state_objects.values()) if state_objects else None)
         logger.info("Shard %s done (parts %d-%d of %d); merge with: geneformer merge %s",
                     shard, first, stop, len(parts), store.final)
@@ -251,7 +251,8 @@ def merge_perturb_shards(output: str | os.PathLike, records: list[dict]) -> Path
     import shutil
 
     first = records[0]
-    store = RunStore(first["directory"], first["prefix"])
+    directory = Path(output).parent  # the tidy table's folder, wherever the shards ran from
+    store = RunStore(directory, first["prefix"])
     n_parts = int(first["n_parts"])
     missing = sorted(set(range(n_parts)) - store.done_parts(n_parts))
     if missing:
@@ -260,7 +261,7 @@ def merge_perturb_shards(output: str | os.PathLike, records: list[dict]) -> Path
     store.write_final(n_parts, first["fingerprint"])
     if first.get("write_raw", True):
         states = first.get("states")
-        store.write_raw({k: Path(v) for k, v in first["raw_names"].items()},
+        store.write_raw({k: directory / v for k, v in first["raw_names"].items()},
                         {str(s): s for s in states} if states else None)
     if not first.get("keep_parts", False):
         store.remove_parts()
