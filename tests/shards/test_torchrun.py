@@ -1,5 +1,6 @@
 """Real multi-process runs: ``torchrun --nproc_per_node 2`` on CPU (gloo) for ``embed`` and ``perturb``
-writes the same single output as one process, with both ranks doing part of the work."""
+writes the same single output as one process, with both ranks doing part of the work; the
+`--shard I/N` options of both commands merge to the single run."""
 
 from __future__ import annotations
 
@@ -99,3 +100,28 @@ def test_torchrun_perturb_equals_one_process(golden_dir, dataset, tmp_path):
         assert ra.keys() == rb.keys()
         for k in ra:
             np.testing.assert_allclose(ra[k], rb[k], atol=1e-5)
+
+
+def test_cli_shards_merge_to_the_single_run(golden_dir, dataset, tmp_path):
+    import pyarrow.parquet as pq
+
+    from geneformer.cli import embed, perturb
+    from geneformer.shards import merge
+
+    model = str(golden_dir / "models" / "mini-V1")
+    args = [str(dataset), "--model", model, "--label", "cell_type", "--device", "cpu", "--chunk-rows", "8", "-q"]
+    _cli(embed, ["embed", *args, "--output", str(tmp_path / "one.csv")])
+    for i in range(2):
+        _cli(embed, ["embed", *args, "--output", str(tmp_path / "two.csv"), "--shard", f"{i}/2"])
+    merge(tmp_path / "two.csv")
+    one, two = pd.read_csv(tmp_path / "one.csv", index_col=0), pd.read_csv(tmp_path / "two.csv", index_col=0)
+    assert one["cell_type"].tolist() == two["cell_type"].tolist()
+    np.testing.assert_allclose(one.iloc[:, :64].to_numpy(), two.iloc[:, :64].to_numpy(), atol=1e-6)
+
+    args = [str(dataset), "--model", model, "--prefix", "t", "--emb-mode", "cell", "--max-ncells", "4", "-q"]
+    _cli(perturb, ["perturb", *args, "--output", str(tmp_path / "p1")])
+    for i in range(2):
+        _cli(perturb, ["perturb", *args, "--output", str(tmp_path / "p2"), "--shard", f"{i}/2"])
+    name = "in_silico_delete_t.parquet"
+    merge(tmp_path / "p2" / name)
+    assert pq.read_table(tmp_path / "p1" / name).equals(pq.read_table(tmp_path / "p2" / name))
