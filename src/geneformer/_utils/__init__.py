@@ -20,11 +20,14 @@ from ._atomic import (
 )
 from ._device import (
     autocast,
+    barrier,
     bf16_supported,
     compute_dtype,
     cuda_available,
     free_memory_bytes,
+    init_distributed,
     itemsize,
+    local_rank,
     model_device,
     rank,
     resolve_device,
@@ -69,6 +72,7 @@ from ._shards import (
     completed_shards,
     fingerprint,
     mark_shard_done,
+    model_digest,
     parse_shard,
     shard_bounds,
     shard_done,
@@ -90,4 +94,5 @@ __all__ = [
     "write_pickle", "write_text", "write_with",
     "Shard", "ShardError", "assign_balanced", "attention_cost", "balanced_bounds", "completed_shards", "fingerprint",
     "mark_shard_done", "parse_shard", "shard_bounds", "shard_done", "shard_part", "shard_record", "shards_dir",
+    "barrier", "fingerprint", "init_distributed", "local_rank", "model_digest",
 ]

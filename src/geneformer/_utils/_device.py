@@ -1,8 +1,8 @@
 """Where models run and in which precision: the one place that decides device and dtype.
 
 ``device=None`` in any call means ``settings.device`` ("auto": CUDA when available, else CPU); in
-a ``torchrun`` / ``accelerate launch`` process on GPUs "auto" means the process's own GPU
-(``LOCAL_RANK``). ``dtype=None`` means ``settings.dtype`` (None: fp32).
+a ``torchrun`` / ``accelerate launch`` process on GPUs "auto" (and a plain "cuda") means the
+process's own GPU (``LOCAL_RANK``). ``dtype=None`` means ``settings.dtype`` (None: fp32).
 """
 
 from __future__ import annotations
@@ -37,14 +37,62 @@ def bf16_supported() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+def _process_group() -> Any:
+    """``torch.distributed`` when a process group is initialised (without importing torch)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist
+    return None
+
+
 def world_size() -> int:
-    """Number of processes of a ``torchrun`` / ``accelerate launch`` run (1 otherwise)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Number of processes of a ``torchrun`` / ``accelerate launch`` run, or of the initialised
+    process group (1 otherwise)."""
+    dist = _process_group()
+    return int(dist.get_world_size()) if dist is not None else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
     """This process's rank in a multi-process run (0 otherwise)."""
-    return int(os.environ.get("RANK", "0"))
+    dist = _process_group()
+    return int(dist.get_rank()) if dist is not None else int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's rank on its node (``LOCAL_RANK``; 0 otherwise): the index of its GPU."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_distributed() -> bool:
+    """Join the process group of a ``torchrun`` launch when there is none yet (NCCL when CUDA is
+    available, gloo on CPU). True when this process is one of several; a single process (no
+    ``WORLD_SIZE`` above 1) starts nothing."""
+    if _process_group() is not None:
+        return world_size() > 1
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return True
+
+
+def barrier() -> None:
+    """Wait for every process of the initialised process group (a no-op without one)."""
+    dist = _process_group()
+    if dist is not None:
+        if dist.get_backend() == "nccl":
+            import torch
+
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def resolve_device(device: "str | torch.device | None" = None) -> "torch.device":
@@ -61,13 +109,15 @@ def resolve_device(device: "str | torch.device | None" = None) -> "torch.device"
         if not torch.cuda.is_available():
             return torch.device("cpu")
         if world_size() > 1:
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", local_rank())
         return torch.device("cuda")
     else:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise OptionError(f"Unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'.") from exc
+        if dev.type == "cuda" and dev.index is None and world_size() > 1:
+            dev = torch.device("cuda", local_rank())  # each process of a launch on its own GPU
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise OptionError(f"device={str(device)!r} was requested but CUDA is not available; use device='cpu'.")
     return dev

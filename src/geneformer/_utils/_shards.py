@@ -137,6 +137,34 @@ def assign_balanced(costs: Sequence[float] | np.ndarray, n: int) -> list[np.ndar
     return [np.array(sorted(o), dtype=np.int64) for o in owned]
 
 
+# ---- what identifies a run ------------------------------------------------------------------------
+def fingerprint(**parts: Any) -> str:
+    """A stable hash of a run's settings and inputs (JSON-able values and byte strings): the same in
+    every shard and process of one run, different when anything that decides the result differs."""
+    h = hashlib.sha256()
+    for name in sorted(parts):
+        value = parts[name]
+        h.update(name.encode())
+        if isinstance(value, (bytes, bytearray)):
+            h.update(value)
+        else:
+            h.update(json.dumps(value, sort_keys=True, default=json_default).encode())
+    return h.hexdigest()[:32]
+
+
+def model_digest(model: Any) -> bytes:
+    """A cheap identity of a model's weights: a strided sample of every parameter (not the whole
+    model), the same on any device."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 2048)
+        h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.digest()
+
+
 # ---- parts on disk ---------------------------------------------------------------------------------
 def shards_dir(output: str | os.PathLike) -> Path:
     """The folder that holds the parts of ``output`` (``X.shards`` beside ``X``)."""
@@ -214,16 +242,3 @@ def completed_shards(output: str | os.PathLike) -> tuple[str, int, list[dict]]:
                          f"Run them with --shard I/N (same output), then merge again.")
     return kinds.pop(), count, [by_index[i] for i in range(count)]
 
-
-def fingerprint(**parts: Any) -> str:
-    """A stable hash of a run's settings and inputs (JSON-able values and byte strings), e.g. for
-    :func:`mark_shard_done`: every shard of one run computes the same one."""
-    h = hashlib.sha256()
-    for name in sorted(parts):
-        value = parts[name]
-        h.update(name.encode())
-        if isinstance(value, (bytes, bytearray)):
-            h.update(value)
-        else:
-            h.update(json.dumps(value, sort_keys=True, default=json_default).encode())
-    return h.hexdigest()[:32]

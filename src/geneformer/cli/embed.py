@@ -23,6 +23,10 @@ Examples:
   geneformer embed pbmc.h5ad --model ./my_model --output pbmc_embedded.h5ad --mode cls
 
   geneformer embed pbmc.dataset --model gf-6L-30M-i2048 --mode gene --output genes.csv
+
+Large data: `--shard I/N` embeds one of N slices (any scheduler can run them; then
+`geneformer merge OUTPUT`); `torchrun --nproc_per_node K -m geneformer.cli.embed ...` (same
+arguments) shares the work among K processes, one per GPU, and writes the one output.
 """
 
 
@@ -40,13 +44,17 @@ def embed_command(
     fmt: str = typer.Option("auto", "--format", help="auto (from the extension), h5ad, parquet, csv or pt."),
     gene_names: Optional[str] = typer.Option(None, help="h5ad input: var column with gene IDs/symbols, or 'index'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="I/N: embed only slice I (from 0) of N; then `geneformer merge OUTPUT`."
+    ),
+    chunk_rows: int = typer.Option(4096, "--chunk-rows", help="Cells per chunk file (the unit of resuming)."),
 ) -> None:
     from ..embeddings import output_format
 
     try:
         fmt = output_format(output, fmt)
         _run(input, model, output, mode, emb_layer, label or [], max_ncells, batch_size, device, dtype, fmt,
-             gene_names, not quiet)
+             gene_names, not quiet, shard, chunk_rows)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
@@ -54,15 +62,11 @@ def embed_command(
 
 
 def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_size, device, dtype, fmt,
-         gene_names, progress) -> None:
+         gene_names, progress, shard=None, chunk_rows=4096) -> None:
     import anndata as ad
-    import numpy as np
-    import pandas as pd
 
-    from .._constants import ROW_COLUMN
-    from ..data import check_columns, column_values, downsample_and_sort, load_tokenized
-    from ..embeddings import _outputs as outputs
-    from ..embeddings import cell_embeddings, gene_embeddings
+    from ..data import load_tokenized
+    from ..embeddings import embed_to_file
     from ..models import load_model, model_input_size, model_vocab_version
     from ..tokenization import match_and_tokenize
 
@@ -78,50 +82,23 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
                              "(`geneformer tokenize --vocab FOLDER`) and embed the dataset.")
         dataset, _ = match_and_tokenize(adata, version, gene_names=gene_names, model_input_size=model_input_size(model),
                                         progress=progress)
+        if shard is not None:
+            adata = input  # a shard's merge reads the source again
     else:
         dataset = load_tokenized(input)
-    check_columns(dataset, labels)
-    if max_ncells is not None:
-        dataset = downsample_and_sort(dataset, max_ncells)
-    kw = dict(emb_layer=emb_layer, batch_size=batch_size, device=device, amp_dtype=dtype, progress=progress)
-    if mode == "gene":
-        df = gene_embeddings(model, dataset, **kw).to_frame(None, model)
-        if fmt == "h5ad":
-            if adata is None:
-                raise ValueError("Gene embeddings go to .h5ad only for .h5ad input; use .parquet or .csv.")
-            outputs.add_gene_embeddings(adata, df)
-            outputs.write_h5ad(adata, output)
-        else:
-            _write_table(df, output, fmt)
-        typer.echo(f"Wrote embeddings of {len(df)} genes ({df.shape[1]} dims) to {output}")
-        return
-    embs = cell_embeddings(model, dataset, mode=mode, **kw)
-    label_values = {c: column_values(dataset, c) for c in labels}
-    if fmt == "h5ad":
-        if adata is None or max_ncells is not None:
-            obs = {c: np.asarray(v) for c, v in label_values.items()}
-            sub = ad.AnnData(X=embs, obs=pd.DataFrame(obs, index=[str(i) for i in range(len(embs))]))
-            sub.obsm[outputs.OBSM_KEY] = embs
-            outputs.write_h5ad(sub, output)
-        else:
-            rows = np.asarray(column_values(dataset, ROW_COLUMN), dtype=np.int64)
-            outputs.add_cell_embeddings(adata, embs, rows=rows)
-            outputs.write_h5ad(adata, output)
-    else:
-        _write_table(outputs.embedding_frame(embs, label_values), output, fmt)
-    typer.echo(f"Wrote {mode} embeddings of {len(embs)} cells ({embs.shape[1]} dims) to {output}")
-
-
-def _write_table(df, output, fmt) -> None:
-    from ..embeddings import _outputs as outputs
-
-    if fmt == "csv":
-        outputs.write_csv(df, output)
-    elif fmt == "parquet":
-        outputs.write_parquet(df, output)
-    else:
-        outputs.write_tensor(df, output)
+    path = embed_to_file(model, dataset, output, mode=mode, emb_layer=emb_layer, labels=labels, max_ncells=max_ncells,
+                         batch_size=batch_size, device=device, dtype=dtype, fmt=fmt,
+                         adata=adata if fmt == "h5ad" else None, shard=shard, chunk_rows=chunk_rows,
+                         progress=progress)
+    if path is not None:  # None: another rank's process, or a shard (the log says how to merge)
+        typer.echo(f"Wrote {mode} embeddings to {output}")
 
 
 def register(app: typer.Typer) -> None:
     app.command("embed", help=HELP, no_args_is_help=True)(embed_command)
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node K -m geneformer.cli.embed ...
+    from .main import run_command
+
+    run_command(register)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from typing import Callable
 
 import typer
 
@@ -39,6 +40,15 @@ _register_all()
 def main() -> None:
     """Run the ``geneformer`` command."""
     app()
+
+
+def run_command(register: "Callable[[typer.Typer], None]") -> None:
+    """Run one command module as a program of its own (``python -m geneformer.cli.embed ...``, the
+    form ``torchrun -m`` launches) with the arguments of ``geneformer <command>``."""
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(single)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    single()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ DATASET is a tokenized dataset folder (from `geneformer tokenize`) or an .h5ad f
 the fly). Results go to OUTPUT/in_silico_{type}_{prefix}.parquet (one row per value: perturbed
 gene(s), affected gene or none for the cell-level value, state, cell, cell id, value) plus the
 reference's *_raw.pickle dictionaries, which `geneformer perturb-stats` reads. An interrupted run
-resumes where it stopped when rerun with the same arguments.
+resumes where it stopped when rerun with the same arguments. `--shard I/N` computes one slice
+(merge with `geneformer merge OUTPUT/in_silico_{type}_{prefix}.parquet`); under
+`torchrun --nproc_per_node K -m geneformer.cli.perturb ...` the K processes share the work.
 
 Examples:
 
@@ -61,6 +63,9 @@ def perturb_command(
     dtype: Optional[str] = typer.Option(None, help="bf16 or fp16 for mixed precision (default fp32)."),
     gene_names: Optional[str] = typer.Option(None, help="h5ad input: var column with gene IDs/symbols, or 'index'."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh instead of resuming."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="I/N: compute only slice I (from 0) of N; then `geneformer merge` the tidy table."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     from .._utils import InputError, ModelLoadError, VocabularyError
@@ -74,13 +79,21 @@ def perturb_command(
             alt_states=list(alt_state), state_embs=state_embs, max_ncells=max_ncells, emb_layer=emb_layer,
             model_version=model_version, batch_size=batch_size, device=device, dtype=dtype, output_dir=output,
             prefix=prefix, gene_names=gene_names, return_frame=False, progress=not quiet, resume=not no_resume,
+            shard=shard,
         )
     except (ValueError, KeyError, FileNotFoundError, InputError, ModelLoadError, VocabularyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
-    typer.echo(f"Wrote {path}")
+    if path is not None:  # None: another rank's process, or a shard (the log says how to merge)
+        typer.echo(f"Wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
     app.command("perturb", help=HELP)(perturb_command)
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node K -m geneformer.cli.perturb ...
+    from .main import run_command
+
+    run_command(register)

@@ -15,6 +15,7 @@ from ._core import (
     token_labels,
 )
 from ._extract import ExtractedEmbeddings, embedding_tensor, extract_embeddings
+from ._job import CHUNK_ROWS, embed_to_file, merge_embedding_shards
 from ._outputs import (
     OBSM_KEY,
     add_cell_embeddings,
@@ -36,4 +37,5 @@ __all__ = [
     "embedding_frame", "embedding_tensor", "exact_summary", "extract_embeddings", "gene_embeddings", "gene_position_mask", "gene_states_per_cell",
     "get_attentions", "load_state_embs", "mean_over_genes", "save_state_embs", "state_embeddings", "output_format", "special_flags", "token_labels", "write_csv",
     "write_h5ad", "write_parquet", "write_tensor",
+    "CHUNK_ROWS", "embed_to_file", "merge_embedding_shards",
 ]

@@ -136,6 +136,7 @@ def perturb(
     write_raw: bool = True,
     n_threads: int | None = None,
     progress: bool | None = None,
+    shard: Any = None,
     **reference_names: Any,
 ) -> pd.DataFrame | Path | None:
     """Perturb genes in silico and return the tidy results.
@@ -171,6 +172,9 @@ def perturb(
         cell_id_column: the dataset's cell-identifier column (None: detect).
         resume, keep_parts, write_raw, n_threads: see :func:`run_perturbation`.
         {progress}
+        shard: ``(i, n)`` or ``"i/n"``: run only the i-th of n cost-balanced slices of the cells
+            (returns None); ``geneformer.shards.merge(path of the tidy table)`` writes the outputs
+            once every shard has finished. Under ``torchrun`` the ranks share the work by themselves.
         reference_names: ``perturb_rank_shift``, ``forward_batch_size``, ``clear_mem_ncells`` and
             ``nproc`` are accepted for ``rank_shift``, ``batch_size``, ``rows_per_part`` and ``n_threads``,
             ``token_dictionary_file`` (a token dictionary's path) for ``vocab``.
@@ -178,7 +182,7 @@ def perturb(
     Returns:
         The tidy DataFrame (``perturbed``, gene IDs/symbols, ``affected``, ``state``, ``cell``, ``row``
         — the row in ``data`` — ``cell_id``, ``value``), or the parquet path (None on ranks other
-        than 0 of a multi-process run).
+        than 0 of a multi-process run, and for a shard).
     """
     token_file = reference_names.pop("token_dictionary_file", None)
     unknown = sorted(set(reference_names) - set(_REFERENCE_NAMES))
@@ -221,7 +225,8 @@ def perturb(
             rows_per_part=rows_per_part, token_budget=token_budget, vocab=vocab, cell_id_column=cell_id_column,
         )
         path = run_perturbation(loaded, dataset, out_dir, prefix, spec, device=device, dtype=dtype, resume=resume,
-                                keep_parts=keep_parts, write_raw=write_raw, n_threads=n_threads, progress=progress)
+                                keep_parts=keep_parts, write_raw=write_raw, n_threads=n_threads, progress=progress,
+                                shard=shard)
         if path is None or not return_frame:
             return path
         df = read_results(path)

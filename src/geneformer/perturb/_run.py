@@ -6,16 +6,19 @@
    engine's settings and a fingerprint of everything that decides the result;
 2. a finished run with the same fingerprint is not recomputed (its raw pickles are rewritten if a
    crash left them missing);
-3. cut the run into parts (``_engine.plan_parts``), skip the parts already on disk (``resume``),
-   and compute the rest; with several processes (``torchrun``: ``RANK``/``WORLD_SIZE``) rank r takes
-   parts r, r + world, ... on its own GPU (``LOCAL_RANK``);
+3. cut the run into parts (``_engine.plan_parts``); a shard (``shard=(i, n)``) keeps the i-th
+   contiguous slice of them, balanced by attention cost (Σ L² over the perturbed sequences); skip
+   the parts already on disk (``resume``) and compute the rest; with several processes
+   (``torchrun``: the process group is joined from its environment) the parts are dealt to the ranks
+   by cost (largest first to the least loaded), each rank on its own GPU (``LOCAL_RANK``);
 4. rank 0 waits for every part (a barrier when a process group is initialised, else by polling the
-   folder), writes the tidy table and the reference's raw pickles, and removes the parts.
+   folder), writes the tidy table and the reference's raw pickles, and removes the parts. A shard
+   instead records that its parts are complete (``X.shards/``, X the tidy table's path), and
+   :func:`merge_perturb_shards` (``geneformer merge X``) writes the outputs once every shard is.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -26,7 +29,27 @@ from typing import Any
 import torch
 
 from .._settings import settings
-from .._utils import ModelLoadError, compute_dtype, doc_params, itemsize, progress_bar, rank, resolve_device, world_size
+from .._utils import (
+    ModelLoadError,
+    Shard,
+    ShardError,
+    assign_balanced,
+    attention_cost,
+    barrier,
+    compute_dtype,
+    doc_params,
+    init_distributed,
+    itemsize,
+    mark_shard_done,
+    model_digest,
+    parse_shard,
+    progress_bar,
+    rank,
+    resolve_device,
+    shard_bounds,
+    shard_done,
+    world_size,
+)
 from .._utils._device import torch_threads
 from .._utils._docs import doc_device, doc_dtype, doc_progress
 from ..data import load_tokenized
@@ -38,7 +61,9 @@ from ._store import RunStore, fingerprint, part_table, raw_file_names
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_perturbation"]
+__all__ = ["merge_perturb_shards", "run_perturbation"]
+
+SHARD_KIND = "perturb"
 
 
 def _part_done_hook(part_index: int) -> None:
@@ -78,6 +103,7 @@ def run_perturbation(
     write_raw: bool = True,
     n_threads: int | None = None,
     progress: bool | None = None,
+    shard: Shard | str | tuple[int, int] | None = None,
 ) -> Path | None:
     """Perturb the cells ``spec`` selects and write ``{output_dir}/in_silico_{type}_{prefix}.parquet``
     (the tidy table) and, with ``write_raw``, the reference's ``*_raw.pickle`` dictionaries.
@@ -95,15 +121,20 @@ def run_perturbation(
         n_threads: CPU threads of the forward passes (capped at the CPUs the process may use; restored
             afterwards); None: torch's setting.
         {progress}
+        shard: ``(i, n)`` or ``"i/n"``: compute only the i-th of n slices of the run (see the module
+            docstring); merge the shards with :func:`merge_perturb_shards`.
 
     Returns:
-        The tidy table's path (None on ranks other than 0 of a multi-process run).
+        The tidy table's path (None on ranks other than 0 of a multi-process run, and for a shard).
     """
+    shard = parse_shard(shard)
+    init_distributed()
     this_rank, world = rank(), world_size()
     opp = f"in_silico_{spec.perturb_type}_{output_prefix}"
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    store = RunStore(out_dir, opp, rank=this_rank)
+    # a shard never clears the parts folder it shares with the other shards (only rank 0 of a whole run does)
+    store = RunStore(out_dir, opp, rank=this_rank if shard is None else 1 + this_rank)
 
     dev = resolve_device(device)
     model = _load(model, spec, model_kind, num_labels, dev)
@@ -119,7 +150,7 @@ def run_perturbation(
 
     fp = fingerprint(
         settings=asdict(rs), states=spec.state_labels, state_embs=state_embs.numpy().tobytes()
-        if state_embs is not None else b"", model=_model_digest(model), rows=sel.rows.tobytes(),
+        if state_embs is not None else b"", model=model_digest(model), rows=sel.rows.tobytes(),
         tokens=sel.seqs.values.tobytes(), offsets=sel.seqs.offsets.tobytes(),
         rows_per_part=spec.rows_per_part, cell_ids=sel.cell_id_column,
     )
@@ -136,7 +167,12 @@ def run_perturbation(
             store.remove_parts()
         return store.final
 
+    if shard is not None and resume and shard_done(store.final, shard, fp):
+        logger.info("Shard %s of %s is already complete; nothing to do.", shard, store.final)
+        return None
     parts = plan_parts(sel.seqs.lengths, rs, spec.rows_per_part)
+    costs = _part_costs(parts, sel.seqs.lengths)
+    first, stop = shard_bounds(costs, shard)
     amp = compute_dtype(dtype)
     max_pert_len = int(sel.seqs.lengths.max()) + (len(spec.tokens or ()) if spec.perturb_type == "overexpress" else 0)
     budget = spec.token_budget or settings.token_budget or auto_token_budget(
@@ -144,8 +180,11 @@ def run_perturbation(
     run = store.open(fp, parts, {"token_budget": int(budget), "max_rows": spec.batch_size, "n_cells": len(sel)},
                      resume=resume)
     budget, max_rows = int(run["token_budget"]), run["max_rows"]
+    if shard is not None and not resume:
+        store.remove_part_files(range(first, stop))
     done = store.done_parts(len(parts))
-    mine = [i for i in range(len(parts)) if i % world == this_rank and i not in done]
+    dealt = assign_balanced(costs[first:stop], world)[this_rank] + first
+    mine = [int(i) for i in dealt if i not in done]
     if done:
         logger.info("Resuming: %d of %d parts already done.", len(done), len(parts))
     total = sum(r1 - r0 for i in mine for _, r0, r1 in parts[i])
@@ -166,10 +205,18 @@ def run_perturbation(
     if mine:
         logger.info("%d perturbations in %.1f s", total, time.perf_counter() - t0)
     if world > 1:
-        _barrier()
+        barrier()
         if this_rank != 0:
             return None
-        _wait_for_parts(store, len(parts))
+        _wait_for_parts(store, range(first, stop))
+    if shard is not None:
+        mark_shard_done(store.final, shard, SHARD_KIND, fp, prefix=opp,
+                        n_parts=len(parts), parts=[first, stop], write_raw=bool(write_raw),
+                        keep_parts=bool(keep_parts), raw_names={k: v.name for k, v in names.items()},
+                        states=list(state_objects.values()) if state_objects else None)
+        logger.info("Shard %s done (parts %d-%d of %d); merge with: geneformer merge %s",
+                    shard, first, stop, len(parts), store.final)
+        return None
     store.write_final(len(parts), fp)
     if write_raw:
         store.write_raw(names, state_objects)
@@ -179,32 +226,42 @@ def run_perturbation(
     return store.final
 
 
-def _model_digest(model: Any) -> bytes:
-    """A cheap identity of the weights: a strided sample of every parameter (not the whole model)."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // 2048)
-        h.update(flat[::step].float().cpu().numpy().tobytes())
-    return h.digest()
+def _part_costs(parts: list, lengths: Any) -> Any:
+    """Forward cost of each part: every perturbed sequence is about as long as its cell (Σ L²)."""
+    import numpy as np
+
+    cell_cost = attention_cost(lengths)
+    return np.array([sum((r1 - r0 + 1) * cell_cost[c] for c, r0, r1 in part) for part in parts], dtype=np.float64)
 
 
-def _barrier() -> None:
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-    except (RuntimeError, ValueError):  # pragma: no cover - no process group: rank 0 polls the files
-        pass
-
-
-def _wait_for_parts(store: RunStore, n_parts: int, poll_s: float = 5.0) -> None:
-    """Rank 0 waits until every part file exists (other ranks write theirs)."""
-    missing = n_parts - len(store.done_parts(n_parts))
+def _wait_for_parts(store: RunStore, wanted: Any, poll_s: float = 5.0) -> None:
+    """Rank 0 waits until every wanted part file exists (other ranks write theirs)."""
+    wanted = list(wanted)
+    missing = [i for i in wanted if not store.part_path(i).is_file()]
     while missing:
-        logger.info("Waiting for %d part(s) from the other processes...", missing)
+        logger.info("Waiting for %d part(s) from the other processes...", len(missing))
         time.sleep(poll_s)
-        missing = n_parts - len(store.done_parts(n_parts))
+        missing = [i for i in missing if not store.part_path(i).is_file()]
+
+
+def merge_perturb_shards(output: str | os.PathLike, records: list[dict]) -> Path:
+    """The tidy table ``output`` and the reference's raw pickles from the finished shards of one run
+    (``records``: their completion markers in shard order, see ``geneformer.shards.merge``)."""
+
+    first = records[0]
+    directory = Path(output).parent  # the tidy table's folder, wherever the shards ran from
+    store = RunStore(directory, first["prefix"])
+    n_parts = int(first["n_parts"])
+    missing = sorted(set(range(n_parts)) - store.done_parts(n_parts))
+    if missing:
+        raise ShardError(f"{len(missing)} part(s) of {output} are missing from {store.parts_dir} "
+                         f"(e.g. {missing[:5]}); rerun the shards that cover them, then merge again.")
+    store.write_final(n_parts, first["fingerprint"])
+    if first.get("write_raw", True):
+        states = first.get("states")
+        store.write_raw({k: directory / v for k, v in first["raw_names"].items()},
+                        {str(s): s for s in states} if states else None)
+    if not first.get("keep_parts", False):
+        store.remove_parts()
+    logger.info("Wrote %s", store.final)
+    return store.final

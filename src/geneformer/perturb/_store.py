@@ -32,7 +32,7 @@ import numpy as np
 
 from .._utils import (
     atomic_path,
-    fingerprint,
+    fingerprint,  # re-exported: the one run fingerprint of the package
     write_json,
     write_parquet,
 )
@@ -152,6 +152,7 @@ class RunStore:
         starts afresh.
         """
         run_file = self.parts_dir / RUN_FILE
+        stale = False
         if self.parts_dir.is_dir() and run_file.is_file():
             run = json.loads(run_file.read_text())
             if run.get("fingerprint") == fp and resume:
@@ -161,11 +162,15 @@ class RunStore:
                     f"{self.parts_dir} holds parts of a different run (other data, model or settings). "
                     "Use another output_prefix or output_directory, or pass resume=False to start afresh."
                 )
+            stale = run.get("fingerprint") != fp
         if self.parts_dir.exists() and self.rank == 0:
             shutil.rmtree(self.parts_dir)
+        elif stale:  # a shard starting afresh: the other run's parts must not count as done
+            for old in self.parts_dir.glob("part-*.parquet"):
+                old.unlink(missing_ok=True)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         run = {"fingerprint": fp, "parts": parts, **extra}
-        if self.rank == 0 or not run_file.is_file():
+        if self.rank == 0 or stale or not run_file.is_file():
             write_json(run_file, run, indent=None)
         return run
 
@@ -263,6 +268,11 @@ class RunStore:
         if has_gene:
             written.append(save_raw(gene, names["gene"]))
         return written
+
+    def remove_part_files(self, indices: Iterable[int]) -> None:
+        """Delete the given parts (a shard started afresh redoes only its own)."""
+        for i in indices:
+            self.part_path(i).unlink(missing_ok=True)
 
     def remove_parts(self) -> None:
         shutil.rmtree(self.parts_dir, ignore_errors=True)

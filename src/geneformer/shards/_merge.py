@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 from pathlib import Path
 
-from .._utils import ShardError, completed_shards, refuse_existing
+from .._utils import ShardError, completed_shards, refuse_existing, shards_dir
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ def merge(output: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``output`` from the parts its shards left in ``output.shards/``.
 
     Checks that every shard finished, with one kind and the same settings, and names the missing
-    shards otherwise. The result is what the single run would have written.
+    shards otherwise. The result is what the single run would have written; the parts folder is
+    removed once it is.
     """
     output = Path(output)
     kind, count, records = completed_shards(output)
@@ -38,4 +40,7 @@ def merge(output: str | os.PathLike, *, overwrite: bool = False) -> Path:
     module, name = MERGERS[kind].split(":")
     fn = getattr(importlib.import_module(module), name)
     logger.info("merging %d %s shards into %s", count, kind, output)
-    return fn(output, records)
+    written = fn(output, records)
+    # the parts are redundant once the output exists (and a rerun of a shard then redoes it)
+    shutil.rmtree(shards_dir(output), ignore_errors=True)
+    return written
