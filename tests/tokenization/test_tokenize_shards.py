@@ -122,6 +122,8 @@ def test_cli_shards_and_merge(two_files, single, tmp_path):
     _same_dataset(single, out)
     res = runner.invoke(app, ["merge", str(out)])
     assert res.exit_code == 2 and "already exists" in res.output
-    assert runner.invoke(app, ["merge", str(out), "--overwrite"]).exit_code == 0
+    assert not shards_dir(out).exists()  # merged: the parts are gone, so a second merge has nothing to read
+    res = runner.invoke(app, ["merge", str(out), "--overwrite"])
+    assert res.exit_code == 2 and "no finished shard" in res.output
     res = runner.invoke(app, [*base, "--shard", "3/3"])
     assert res.exit_code == 2 and "0..2" in res.output

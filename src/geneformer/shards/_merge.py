@@ -33,10 +33,10 @@ def merge(output: str | os.PathLike, *, overwrite: bool = False) -> Path:
     removed once it is.
     """
     output = Path(output)
+    refuse_existing(output, overwrite)
     kind, count, records = completed_shards(output)
     if kind not in MERGERS:
         raise ShardError(f"{output}: shards of an unknown kind of job {kind!r}")
-    refuse_existing(output, overwrite)
     module, name = MERGERS[kind].split(":")
     fn = getattr(importlib.import_module(module), name)
     logger.info("merging %d %s shards into %s", count, kind, output)
