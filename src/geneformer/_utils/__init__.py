@@ -61,6 +61,7 @@ from ._validation import (
     state_list,
 )
 from ._workers import WorkerError, ordered_map
+from ._device import cgroup_cpu_quota, limit_cpu_threads  # noqa: E402  (CPU threads under contention)
 
 __all__ = [
     "ClassifierDataError", "CorpusError", "GeneformerError", "InputError", "InputFileError", "ModelLoadError",
@@ -72,4 +73,5 @@ __all__ = [
     "resolve_device", "resolve_dtype", "save_dataset", "save_figure", "show_progress", "state_list",
     "temp_path", "torch_threads", "trainer_device_args", "usable_cpus", "world_size", "write_bytes", "write_csv", "write_json", "write_parquet",
     "write_pickle", "write_text", "write_with",
+    "cgroup_cpu_quota", "limit_cpu_threads",
 ]
