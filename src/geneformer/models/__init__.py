@@ -27,6 +27,7 @@ from ._fast_encoder import (
     supports_first_position,
 )
 from ._freeze import freeze_encoder_layers
+from ._pooled import PooledSequenceClassifier, cell_pooling_of
 from ._heads import CellModelConfig, EncoderWithHead, GeneformerCellModel, build_head, head_loss, load_encoder
 from ._loading import (
     check_model_folder,
@@ -69,5 +70,5 @@ __all__ = [
     "resolve_model_source", "right_padded_lengths", "supports_fast_embeddings", "supports_fast_layer", "supports_first_position",
     "vocab_version_for_size", "write_finetune_meta",
     "CellModelConfig", "EncoderWithHead", "GeneformerCellModel", "MultiTaskConfig", "build_head", "head_loss",
-    "load_encoder",
+    "load_encoder", "PooledSequenceClassifier", "cell_pooling_of",
 ]
