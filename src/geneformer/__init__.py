@@ -21,11 +21,6 @@ import importlib
 from typing import Any
 
 from ._settings import settings  # noqa: F401  (in __all__, built at runtime)
-from ._utils import limit_cpu_threads as _limit_cpu_threads
-
-# before torch loads OpenMP where possible: waiting threads sleep, thread counts follow the CPUs
-# this process may use (affinity, cgroup quota); see geneformer._utils._device
-_limit_cpu_threads()
 
 __version__ = "0.1.0"
 
