@@ -5,8 +5,8 @@ a ``torchrun`` / ``accelerate launch`` process on GPUs "auto" means the process'
 (``LOCAL_RANK``). ``dtype=None`` means ``settings.dtype`` (None: fp32).
 
 CPU threads (:func:`limit_cpu_threads`, run from ``_settings`` when ``geneformer`` is first imported):
-on a shared machine the CPU path used to slow down 10-17x under a load of 5-9 on 2 cores, far more than its share of
-the CPU explains. OpenMP teams (torch's intra-op threads, MKL, numba's omp layer) spin-wait at
+on a shared machine the CPU path used to slow down 10-17x under a load of 5-9 on 2 cores, far more
+than its share of the CPU explains. OpenMP teams (torch's intra-op threads, MKL, numba's omp layer) spin-wait at
 every barrier by default, so a thread waiting for a descheduled team-mate burns the time slice the
 team-mate needs; and the thread counts followed the machine's core count (numba's even ignores the
 affinity mask), not the CPUs the process may use (affinity mask, cgroup CPU quota). The defaults
