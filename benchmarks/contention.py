@@ -47,7 +47,7 @@ def child(settings: str, ncells: int) -> None:
 
     sys.path.insert(0, str(ROOT / "src"))
     if settings == "old":
-        import torch  # noqa: F401  (first: OpenMP starts with its default wait policy)
+        import torch  # first: OpenMP starts with its default wait policy
     else:
         import geneformer  # noqa: F401  (first: sets the thread defaults before OpenMP loads)
     policy = os.environ.get("OMP_WAIT_POLICY", "(default)")  # what the OpenMP runtime saw

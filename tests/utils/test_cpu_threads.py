@@ -68,7 +68,8 @@ def test_importing_geneformer_before_torch_makes_waiting_threads_sleep():
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     code = ("import os, geneformer, torch; "
             "print(os.environ['OMP_WAIT_POLICY'], os.environ['NUMBA_NUM_THREADS'], torch.get_num_threads())")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
     assert out.returncode == 0, out.stderr
     policy, numba_threads, torch_threads = out.stdout.split()
     assert policy == "PASSIVE"

@@ -21,10 +21,12 @@ from ._atomic import (
 from ._device import (
     autocast,
     bf16_supported,
+    cgroup_cpu_quota,
     compute_dtype,
     cuda_available,
     free_memory_bytes,
     itemsize,
+    limit_cpu_threads,
     model_device,
     rank,
     resolve_device,
@@ -61,7 +63,6 @@ from ._validation import (
     state_list,
 )
 from ._workers import WorkerError, ordered_map
-from ._device import cgroup_cpu_quota, limit_cpu_threads  # noqa: E402  (CPU threads under contention)
 
 __all__ = [
     "ClassifierDataError", "CorpusError", "GeneformerError", "InputError", "InputFileError", "ModelLoadError",

@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from pathlib import Path
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ._errors import OptionError

@@ -27,7 +27,6 @@ from ._fast_encoder import (
     supports_first_position,
 )
 from ._freeze import freeze_encoder_layers
-from ._pooled import PooledSequenceClassifier, cell_pooling_of
 from ._heads import CellModelConfig, EncoderWithHead, GeneformerCellModel, build_head, head_loss, load_encoder
 from ._loading import (
     check_model_folder,
@@ -48,6 +47,7 @@ from ._loading import (
 )
 from ._mlm import GeneformerForMaskedLM, masked_accuracy
 from ._multitask import AttentionPool, GeneformerMultiTask, MultiTaskConfig
+from ._pooled import PooledSequenceClassifier, cell_pooling_of
 from ._zoo import (
     DEFAULT_MODEL,
     HUB_REPO,

@@ -62,8 +62,16 @@ from .._constants import STATS_MODES, StatsMode
 from .._utils import OptionError, check_cell_states, check_choice, doc_params, progress_bar, write_csv
 from .._utils._docs import doc_cell_states, doc_progress
 from . import _stats_modes as M
-from ._results import (RAW_SUFFIX, RawShifts, _looks_gene_level, iter_raw_dir, list_raw_files, load_raw, raw_kind,
-                       read_raw_dir)
+from ._results import (
+    RAW_SUFFIX,
+    RawShifts,
+    _looks_gene_level,
+    iter_raw_dir,
+    list_raw_files,
+    load_raw,
+    raw_kind,
+    read_raw_dir,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -56,10 +56,10 @@ MANIFEST_FILE = "manifest.json"
 
 __all__ = [
     "COSINE_COLUMN",
-    "GeneLabels",
     "LEGACY_VALUE_COLUMN",
-    "RunStore",
     "SHIFT_COLUMN",
+    "GeneLabels",
+    "RunStore",
     "fingerprint",
     "part_table",
     "raw_file_names",

@@ -88,7 +88,7 @@ class EpochSummary(TrainerCallback):
         self.write = write
         self._seen = 0
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001 - Trainer's signature
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         history = state.log_history[self._seen:]
         self._seen = len(state.log_history)
         losses = [h["loss"] for h in history if "loss" in h]
