@@ -43,13 +43,11 @@ from .._utils import (
     write_json,
     write_parquet,
 )
-from ._results import CELL_EMB, RAW_SUFFIX, save_raw
+from ._results import CELL_EMB, COSINE_COLUMN, RAW_SUFFIX, SHIFT_COLUMN, save_raw
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = b"geneformer.perturb.fingerprint"
-COSINE_COLUMN = "cosine_similarity"
-SHIFT_COLUMN = "shift_toward_state"
 LEGACY_VALUE_COLUMN = "value"  # the one value column of tables written before the two names
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
