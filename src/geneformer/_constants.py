@@ -71,3 +71,8 @@ DigestMode = Literal["exact", "digest"]
 #: Built-in heads of the model-card fine-tuning model ("custom": any ``nn.Module``).
 CellHeadKind = Literal["classification", "regression"]
 CELL_HEAD_KINDS: tuple[str, ...] = get_args(CellHeadKind)
+#: Cell pooling of the classifier ``finetune`` trains: "first" (the reference's BERT pooler on the
+#: first position), "mean" (mean of the last layer's states of the cell's genes), "cls" (the
+#: ``<cls>`` state itself, V2 models).
+ClassifierHead = Literal["first", "mean", "cls"]
+CLASSIFIER_HEADS: tuple[str, ...] = get_args(ClassifierHead)

@@ -24,7 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._utils import OptionError
+from ._utils import OptionError, limit_cpu_threads
+
+# on first import of the package, before torch loads OpenMP where possible: waiting threads sleep
+# and thread counts follow the CPUs this process may use (see geneformer._utils._device)
+limit_cpu_threads()
 
 _VERBOSITY = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
 _TRUE = {"1", "true", "yes", "on"}

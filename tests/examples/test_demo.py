@@ -13,6 +13,33 @@ _SPEC.loader.exec_module(demo)
 load_pbmc68k_counts, run = demo.load_pbmc68k_counts, demo.run
 
 
+def _stats_table(fdrs, detections):
+    import pandas as pd
+
+    n = len(fdrs)
+    return pd.DataFrame({"Gene_name": [f"G{i}" for i in range(n)], "Shift_to_goal_end": np.linspace(0.5, 0.1, n),
+                         "Goal_end_FDR": fdrs, "N_Detections": detections})
+
+
+def test_report_gives_each_genes_fdr_and_says_when_nothing_is_significant():
+    text, info = demo.summarize_goal_shifts(_stats_table([0.77, 0.8, 0.9], [1, 3, 2]), goal="NK")
+    assert "No deletion shifts the cells significantly toward NK" in text and "0.77" in text
+    assert info["significant_goal_shift_genes"] == 0
+    # genes seen in one cell go last; every listed gene carries its FDR and detections
+    assert info["top_goal_shift_genes"].split("; ")[0] == "G1 (shift +3.00e-01, FDR 0.8, 3 cells)"
+    assert info["top_goal_shift_genes"].endswith("G0 (shift +5.00e-01, FDR 0.77, 1 cell)")
+    text, info = demo.summarize_goal_shifts(_stats_table([0.01, 0.2], [4, 4]), goal="NK")
+    assert info["significant_goal_shift_genes"] == 1 and text.startswith("1 of 2 genes shift significantly")
+
+
+def test_the_goal_state_pair_is_supported_by_the_labels():
+    # the sample's "Dendritic" label covers a third of the cells (mostly monocytes); the demo's pair
+    # must be two labels that exist with enough cells to average a state over
+    counts = load_pbmc68k_counts().obs["cell_type"].value_counts()
+    assert "Dendritic" not in (demo.START_STATE, demo.GOAL_STATE)
+    assert counts[demo.START_STATE] >= 30 and counts[demo.GOAL_STATE] >= 30
+
+
 def test_counts_recovered_as_integers():
     a = load_pbmc68k_counts()
     assert a.n_obs == 700 and a.n_vars == 765
@@ -35,7 +62,8 @@ def test_demo_runs(tmp_path):
     assert report["finetune_macro_f1"] == pytest.approx(f1_score(preds.true_label, preds.pred_label, average="macro"))
     assert report["perturbations"] > 0
     assert (tmp_path / "demo" / "goal_state_shift.csv").stat().st_size > 0
-    assert (tmp_path / "demo" / "report.txt").read_text().startswith("Geneformer demo")
+    text = (tmp_path / "demo" / "report.txt").read_text()
+    assert text.startswith("Geneformer demo") and "FDR" in text and report["goal_state_pair"] in text
     assert (tmp_path / "demo" / "pbmc68k.dataset").is_dir()
 
 

@@ -513,14 +513,15 @@ def test_tidy_table_and_raw_agree(mini_v1, cells_v1, tmp_path):
     from geneformer.perturb import read_results
 
     df = read_results(path)
-    assert list(df.columns) == ["perturbed", "affected", "state", "cell", "row", "cell_id", "value"]
+    assert list(df.columns) == ["perturbed", "perturbed_gene", "perturbed_symbol", "affected", "affected_gene",
+                                "affected_symbol", "state", "cell", "row", "cell_id", "cosine_similarity"]
     assert df["affected"].isna().to_numpy()[: (df["affected"].isna()).sum()].all()  # cell-level rows first
     lens = np.asarray(cells_v1["length"])
     order = np.argsort(-lens, kind="stable")
     cell_rows = df[df["affected"].isna()]
     assert cell_rows.groupby("cell")["row"].first().tolist() == order.tolist()
     assert (cell_rows["cell_id"].to_numpy() == np.asarray(cells_v1["cell_id"])[cell_rows["row"]]).all()
-    back = R.tidy_to_raw(df[["perturbed", "affected", "state", "cell", "value"]])
+    back = R.tidy_to_raw(df)  # the perturber's table converts back as it is
     raw_cell, raw_gene = _raw(tmp_path, "cell"), _raw(tmp_path, "gene")
     assert {k: v for k, v in back.items() if k[1] == "cell_emb"} == dict(raw_cell)
     assert {k: v for k, v in back.items() if k[1] != "cell_emb"} == dict(raw_gene)
@@ -718,12 +719,12 @@ def test_perturb_api_on_anndata(mini_v1, data_dir):
 
     adata = ad.read_h5ad(data_dir / "pbmc3k_raw_seurat_labels.h5ad")[:40].copy()
     df = perturb(adata, mini_v1, ["LYZ"], "overexpress", emb_mode="cell", max_ncells=5, progress=False)
-    assert {"perturbed_gene", "perturbed_symbol", "cell_id", "row", "value"} <= set(df.columns)
+    assert {"perturbed_gene", "perturbed_symbol", "cell_id", "row", "cosine_similarity"} <= set(df.columns)
     assert (df["perturbed_symbol"] == "LYZ").all() and len(df) == 5
     assert (df["cell_id"].to_numpy() == adata.obs_names[df["row"].to_numpy()]).all()
     gf = Geneformer(GeneformerConfig(model_name="mini", vocab="V1", batch_size=None), model=mini_v1)
     df2 = gf.perturb(adata, ["LYZ"], "overexpress", emb_mode="cell", max_ncells=5, progress=False)
-    np.testing.assert_allclose(df2["value"], df["value"], atol=1e-6)
+    np.testing.assert_allclose(df2["cosine_similarity"], df["cosine_similarity"], atol=1e-6)
 
 
 def test_classifier_model_types_use_the_same_encoder(gold, cells_v1, tmp_path):

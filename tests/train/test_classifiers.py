@@ -534,6 +534,75 @@ def test_cli_finetune_and_predict(pbmc, tiny_v1, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# Practical fine-tuning: the head, early stopping, class weights, the epoch summary
+# ------------------------------------------------------------------------------------------------
+def test_cli_head_early_stopping_and_epoch_summary(pbmc, tiny_v1, tmp_path):
+    from typer.testing import CliRunner
+
+    from geneformer.cli.main import app
+    from geneformer.models import PooledSequenceClassifier, load_model
+
+    out = tmp_path / "mean"
+    # a zero learning rate never improves the validation macro-F1: patience 1 stops after epoch 2 of 4
+    res = CliRunner().invoke(app, ["finetune", str(pbmc), "--model", str(tiny_v1), "--label", "cell_type",
+                                   "--output", str(out), "--head", "mean", "--epochs", "4", "--early-stopping", "1",
+                                   "--lr", "0", "--batch-size", "16", "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    lines = [x for x in res.output.splitlines() if x.startswith("epoch ")]
+    assert len(lines) == 2 and "train loss" in lines[0] and "macro-F1" in lines[0] and "validation loss" in lines[0]
+    state = json.loads((out / "model" / "trainer_state.json").read_text())
+    assert max(h["epoch"] for h in state["log_history"]) == pytest.approx(2.0)
+    model = load_model(out / "model", kind="cell_classifier", device="cpu")
+    assert isinstance(model, PooledSequenceClassifier) and model.config.cell_pooling == "mean"
+    assert json.loads((out / "metrics.json").read_text())["head"] == "mean"
+    # -q: no summary lines; cls pooling needs <cls>, which V1 cells lack
+    res = CliRunner().invoke(app, ["finetune", str(pbmc), "--model", str(tiny_v1), "--label", "cell_type",
+                                   "--output", str(tmp_path / "cls"), "--head", "cls", "-q"])
+    assert res.exit_code == 2 and "V2" in res.output and "epoch " not in res.output
+
+
+def test_mean_and_cls_heads_pool_differently_from_the_reference_head(tiny_v2):
+    from geneformer.models import load_classifier
+
+    torch.manual_seed(0)
+    ids = torch.randint(10, 1000, (3, 20))
+    ids[:, 0] = 2  # <cls>
+    mask = torch.ones(3, 20, dtype=torch.long)
+    mask[1, 12:] = 0
+    models = {h: load_classifier(tiny_v2, "cell_classifier", 3, head=h).eval() for h in ("first", "mean", "cls")}
+    hidden = models["mean"].bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    with torch.no_grad():
+        mean = models["mean"](input_ids=ids, attention_mask=mask).logits
+        cls = models["cls"](input_ids=ids, attention_mask=mask).logits
+        m = mask[..., None].float()
+        torch.testing.assert_close(mean, models["mean"].classifier((hidden * m).sum(1) / m.sum(1)))
+        torch.testing.assert_close(cls, models["cls"].classifier(hidden[:, 0]))
+    assert models["first"].bert.pooler is not None and models["mean"].bert.pooler is None
+
+
+def test_class_weights_change_the_loss(tiny_v1, tmp_path):
+    from geneformer.models import load_classifier
+    from geneformer.train._classification_training import class_weights_for
+    from geneformer.train._trainer import ClassifierTrainer, training_arguments
+
+    labels = np.array([0] * 8 + [1] * 2 + [2] * 2)  # imbalanced: class 0 is two thirds
+    weights = class_weights_for(labels, 3, "balanced")
+    assert weights == pytest.approx([0.5, 2.0, 2.0])
+    model = load_classifier(tiny_v1, "cell_classifier", 3).eval()
+    args = training_arguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(10, 1000, (12, 16)), "attention_mask": torch.ones(12, 16, dtype=torch.long),
+             "labels": torch.as_tensor(labels)}
+    with torch.no_grad():
+        plain = ClassifierTrainer(model=model, args=args).compute_loss(model, dict(batch))
+        weighted = ClassifierTrainer(model=model, args=args, class_weights=weights).compute_loss(model, dict(batch))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=torch.tensor(weights))
+    assert float(weighted) == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(weighted) - float(plain)) > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
 # Bad input
 # ------------------------------------------------------------------------------------------------
 def test_bad_label_column(pbmc, tmp_path):

@@ -1,14 +1,28 @@
-"""Where models run and in which precision: the one place that decides device and dtype.
+"""Where models run and in which precision: the one place that decides device, dtype and CPU threads.
 
 ``device=None`` in any call means ``settings.device`` ("auto": CUDA when available, else CPU); in
 a ``torchrun`` / ``accelerate launch`` process on GPUs "auto" (and a plain "cuda") means the
 process's own GPU (``LOCAL_RANK``). ``dtype=None`` means ``settings.dtype`` (None: fp32).
+
+CPU threads (:func:`limit_cpu_threads`, run from ``_settings`` when ``geneformer`` is first imported):
+on a shared machine the CPU path used to slow down 10-17x under a load of 5-9 on 2 cores, far more
+than its share of the CPU explains. OpenMP teams (torch's intra-op threads, MKL, numba's omp layer) spin-wait at
+every barrier by default, so a thread waiting for a descheduled team-mate burns the time slice the
+team-mate needs; and the thread counts followed the machine's core count (numba's even ignores the
+affinity mask), not the CPUs the process may use (affinity mask, cgroup CPU quota). The defaults
+set here (only where the user set nothing): ``OMP_WAIT_POLICY=PASSIVE`` and ``KMP_BLOCKTIME=0``
+(waiting threads sleep), and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``NUMBA_NUM_THREADS`` =
+:func:`usable_cpus`. Environment variables only act before the OpenMP runtime loads (import
+``geneformer`` before ``torch``, or set them in the shell); torch's thread count is capped either way.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ._errors import OptionError
@@ -190,12 +204,65 @@ def trainer_device_args() -> dict[str, Any]:
             "ddp_backend": "gloo" if (not cuda and world_size() > 1) else None}
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_quota(root: str | os.PathLike = CGROUP_ROOT) -> float | None:
+    """CPUs the cgroup's CPU quota grants (quota / period; may be fractional), None without a quota.
+
+    Reads cgroup v2 ``cpu.max`` ("max 100000" or "200000 100000"), else v1
+    ``cpu/cpu.cfs_quota_us`` / ``cpu/cpu.cfs_period_us`` (quota -1: none).
+    """
+    base = Path(root)
     try:
-        return len(os.sched_getaffinity(0))
+        fields = (base / "cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            quota, period = int(fields[0]), int(fields[1]) if len(fields) > 1 else 100_000
+            return quota / period if quota > 0 and period > 0 else None
+        if fields:
+            return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((base / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def usable_cpus(cgroup_root: str | os.PathLike = CGROUP_ROOT) -> int:
+    """CPUs this process may use: its affinity mask (where the OS has one), capped by the cgroup's
+    CPU quota rounded up (a quota of 1.5 CPUs allows 2 threads); at least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - macOS / Windows
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        n = min(n, math.ceil(quota))
+    return max(1, n)
+
+
+#: what :func:`limit_cpu_threads` sets where the environment says nothing ("{n}": usable CPUs)
+THREAD_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0", "OMP_NUM_THREADS": "{n}",
+                       "MKL_NUM_THREADS": "{n}", "NUMBA_NUM_THREADS": "{n}"}
+
+
+def limit_cpu_threads(environ: dict | None = None, cgroup_root: str | os.PathLike = CGROUP_ROOT) -> int:
+    """No spinning threads and no more threads than :func:`usable_cpus` (see the module docstring).
+
+    Sets :data:`THREAD_ENV_DEFAULTS` in ``environ`` (default ``os.environ``) where unset, and caps
+    torch's intra-op threads when torch is already imported. Returns the usable CPUs.
+    """
+    env = os.environ if environ is None else environ
+    n = usable_cpus(cgroup_root)
+    for name, value in THREAD_ENV_DEFAULTS.items():
+        env.setdefault(name, value.format(n=n))
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads") and torch.get_num_threads() > n:
+        torch.set_num_threads(n)
+    return n
 
 
 @contextmanager

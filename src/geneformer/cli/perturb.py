@@ -10,12 +10,14 @@ import typer
 HELP = """Perturb genes in silico and measure how the cell and gene embeddings shift.
 
 DATASET is a tokenized dataset folder (from `geneformer tokenize`) or an .h5ad file (tokenized on
-the fly). Results go to OUTPUT/in_silico_{type}_{prefix}.parquet (one row per value: perturbed
-gene(s), affected gene or none for the cell-level value, state, cell, cell id, value) plus the
-reference's *_raw.pickle dictionaries, which `geneformer perturb-stats` reads. An interrupted run
-resumes where it stopped when rerun with the same arguments. `--shard I/N` computes one slice
-(merge with `geneformer merge OUTPUT/in_silico_{type}_{prefix}.parquet`); under
-`torchrun --nproc_per_node K -m geneformer.cli.perturb ...` the K processes share the work.
+the fly). Results go to OUTPUT/in_silico_{type}_{prefix}.parquet, one row per value: perturbed
+gene(s) as tokens, Ensembl IDs and symbols; the affected gene likewise (none for the cell-level
+value); state, cell, cell id; cosine_similarity (original vs perturbed embedding) or, for the
+cell-level rows of a goal-state run, shift_toward_state. The table is what `geneformer.perturb.perturb()`
+returns. The *_raw.pickle dictionaries next to it are what `geneformer perturb-stats` reads. An
+interrupted run resumes where it stopped when rerun with the same arguments.
+`--shard I/N` computes one slice (merge with `geneformer merge OUTPUT/in_silico_{type}_{prefix}.parquet`);
+under `torchrun --nproc_per_node K -m geneformer.cli.perturb ...` the K processes share the work.
 
 Examples:
 

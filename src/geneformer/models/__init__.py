@@ -47,6 +47,7 @@ from ._loading import (
 )
 from ._mlm import GeneformerForMaskedLM, masked_accuracy
 from ._multitask import AttentionPool, GeneformerMultiTask, MultiTaskConfig
+from ._pooled import PooledSequenceClassifier, cell_pooling_of
 from ._zoo import (
     DEFAULT_MODEL,
     HUB_REPO,
@@ -69,5 +70,5 @@ __all__ = [
     "resolve_model_source", "right_padded_lengths", "supports_fast_embeddings", "supports_fast_layer", "supports_first_position",
     "vocab_version_for_size", "write_finetune_meta",
     "CellModelConfig", "EncoderWithHead", "GeneformerCellModel", "MultiTaskConfig", "build_head", "head_loss",
-    "load_encoder",
+    "load_encoder", "PooledSequenceClassifier", "cell_pooling_of",
 ]

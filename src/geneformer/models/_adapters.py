@@ -19,8 +19,9 @@ from typing import Any, Mapping
 
 import torch
 
-from .._utils import QuantizationError, cuda_available
-from ._loading import finetuned_kind, load_model
+from .._constants import CLASSIFIER_HEADS
+from .._utils import OptionError, QuantizationError, check_choice, cuda_available
+from ._loading import finetuned_kind, load_model, normalise_kind
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +98,20 @@ def apply_lora(model: Any, config: Any) -> Any:
 
 
 def load_classifier(model_directory: str | os.PathLike, kind: str, num_labels: int, *, quantize: Any = False,
-                    lora: Any = False, id2label: Mapping[int, Any] | None = None, vocab: Any = None) -> Any:
+                    lora: Any = False, id2label: Mapping[int, Any] | None = None, vocab: Any = None,
+                    head: str = "first") -> Any:
     """A classifier ready for training: plain, with LoRA, or quantized (4-bit NF4 + LoRA, CUDA only).
 
     ``quantize``: False, True (4-bit NF4 + LoRA r64/α128), 8 / 4, or the reference's dict
-    ``{"bnb_config": BitsAndBytesConfig, "peft_config": LoraConfig}``.
+    ``{"bnb_config": BitsAndBytesConfig, "peft_config": LoraConfig}``. ``head`` (cell classifiers):
+    "first" (the reference's pooler on the first position), "mean" or "cls" (see ``_pooled``).
     """
     kwargs: dict[str, Any] = {"ignore_mismatched_sizes": True}
+    if head != "first":
+        check_choice("head", head, CLASSIFIER_HEADS)
+        if normalise_kind(kind) != "cell_classifier":
+            raise OptionError(f"head={head!r} is for cell classifiers; a gene classifier classifies each position.")
+        kwargs["cell_pooling"] = head
     if id2label:
         kwargs["id2label"] = {int(k): str(v) for k, v in id2label.items()}
         kwargs["label2id"] = {str(v): int(k) for k, v in id2label.items()}

@@ -76,6 +76,24 @@ def _model_class(kind: str):
     }[kind]
 
 
+def _cell_classifier_class(source: Any, kwargs: dict) -> Any:
+    """The reference's class, or :class:`._pooled.PooledSequenceClassifier` when a new head asks for
+    mean/cls pooling (``cell_pooling`` keyword) or a saved folder's configuration records it."""
+    from transformers import BertForSequenceClassification
+
+    from ._pooled import PooledSequenceClassifier
+
+    pooling = kwargs.pop("cell_pooling", None)
+    if pooling is None:
+        cfg = Path(str(source)) / "config.json"
+        if cfg.is_file():
+            pooling = json.loads(cfg.read_text()).get("cell_pooling")
+    if pooling in (None, "first"):
+        return BertForSequenceClassification
+    kwargs["cell_pooling"] = pooling
+    return PooledSequenceClassifier
+
+
 def check_model_folder(folder: Path) -> None:
     """Raise a clear error unless ``folder`` holds a config and weights that transformers can read."""
     if not folder.is_dir():
@@ -194,6 +212,8 @@ def load_model(
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     cls = model_class or _model_class(kind)
+    if model_class is None and kind == "cell_classifier":
+        cls = _cell_classifier_class(source, kwargs)
     if attn_implementation == CPU_ATTENTION:
         register_cpu_attention()
     try:
@@ -236,6 +256,8 @@ def _load_adapter(folder: Path, kind: str, num_labels: int | None, vocab: Any, d
     kwargs: dict[str, Any] = {"ignore_mismatched_sizes": True}
     if meta.get("id2label"):
         kwargs["id2label"] = {int(k): v for k, v in meta["id2label"].items()}
+    if kind == "cell_classifier" and meta.get("cell_pooling", "first") != "first":
+        kwargs["cell_pooling"] = meta["cell_pooling"]  # the base model's folder does not record it
     model = load_model(base, kind=kind, num_labels=num_labels or meta.get("num_labels"), vocab=vocab, device="cpu",
                        eval_mode=False, **kwargs)
     model = PeftModel.from_pretrained(model, str(folder))

@@ -44,7 +44,9 @@ __all__ = ["annotate_genes", "perturb", "read_results"]
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """Read a perturber's tidy parquet: ``perturbed`` as an int token (tuple for several genes),
-    ``affected`` as nullable Int64 (<NA> for the cell-level value), then state/cell/row/cell_id/value."""
+    ``affected`` as nullable Int64 (<NA> for the cell-level value), the other columns as written
+    (gene names, state, cell, row, cell_id, ``cosine_similarity`` / ``shift_toward_state``; tables
+    from before those names hold ``value``)."""
     import pyarrow.parquet as pq
 
     from ._store import _key_codes
@@ -63,7 +65,12 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def annotate_genes(df: pd.DataFrame, vocab: Any) -> pd.DataFrame:
-    """Add Ensembl IDs and symbols of the perturbed and affected genes ("+"-joined for groups)."""
+    """Add Ensembl IDs and symbols of the perturbed and affected genes ("+"-joined for groups).
+
+    Tables the perturber writes hold them already (returned unchanged); this is for older ones.
+    """
+    if {"perturbed_gene", "affected_gene"} <= set(df.columns):
+        return df
     inv = vocab.id_to_token
     sym = vocab.ensembl_to_symbol
 
@@ -88,6 +95,8 @@ def annotate_genes(df: pd.DataFrame, vocab: Any) -> pd.DataFrame:
     out.insert(pos + 1, "affected_symbol", aff.map(lambda t: a_sym.get(int(t)) if pd.notna(t) else None))
     return out
 
+
+_NAME_COLUMNS = ("perturbed_gene", "perturbed_symbol", "affected_gene", "affected_symbol")
 
 # reference names perturb() accepts for its own arguments
 _REFERENCE_NAMES = {"perturb_rank_shift": "rank_shift", "forward_batch_size": "batch_size",
@@ -169,8 +178,11 @@ def perturb(
         {cell_inds}
         {rows_per_part}
         {token_budget}
+        annotate: keep the gene-name columns (``perturbed_gene``/``perturbed_symbol``,
+            ``affected_gene``/``affected_symbol``; written into the parquet too); False drops them.
         cell_id_column: the dataset's cell-identifier column (None: detect).
-        resume, keep_parts, write_raw, n_threads: see :func:`run_perturbation`.
+        resume, keep_parts, write_raw, n_threads: see :func:`run_perturbation`. Group runs' raw
+            pickles are named without brackets (``..._cell_embs_dict_15627_raw.pickle``).
         {progress}
         shard: ``(i, n)`` or ``"i/n"``: run only the i-th of n cost-balanced slices of the cells
             (returns None); ``geneformer.shards.merge(path of the tidy table)`` writes the outputs
@@ -180,8 +192,10 @@ def perturb(
             ``token_dictionary_file`` (a token dictionary's path) for ``vocab``.
 
     Returns:
-        The tidy DataFrame (``perturbed``, gene IDs/symbols, ``affected``, ``state``, ``cell``, ``row``
-        — the row in ``data`` — ``cell_id``, ``value``), or the parquet path (None on ranks other
+        The tidy DataFrame (``perturbed``, gene IDs/symbols, ``affected``, gene IDs/symbols,
+        ``state``, ``cell``, ``row`` — the row in ``data`` — ``cell_id``, then ``cosine_similarity``
+        and, in goal-state runs, ``shift_toward_state`` for the cell-level rows), the same table
+        the parquet holds; or the parquet path (None on ranks other
         than 0 of a multi-process run, and for a shard).
     """
     token_file = reference_names.pop("token_dictionary_file", None)
@@ -225,15 +239,15 @@ def perturb(
             rows_per_part=rows_per_part, token_budget=token_budget, vocab=vocab, cell_id_column=cell_id_column,
         )
         path = run_perturbation(loaded, dataset, out_dir, prefix, spec, device=device, dtype=dtype, resume=resume,
-                                keep_parts=keep_parts, write_raw=write_raw, n_threads=n_threads, progress=progress,
-                                shard=shard)
+                                keep_parts=keep_parts, write_raw=write_raw, reference_file_names=False,
+                                n_threads=n_threads, progress=progress, shard=shard)
         if path is None or not return_frame:
             return path
         df = read_results(path)
         if obs_rows is not None:
             df["row"] = obs_rows[df["row"].to_numpy()]
-        if annotate and not isinstance(spec.vocab, dict):  # a plain token dictionary has no symbols
-            df = annotate_genes(df, spec.vocab)
+        if not annotate:
+            df = df.drop(columns=[c for c in _NAME_COLUMNS if c in df.columns])
         return df
     finally:
         if tmp is not None:

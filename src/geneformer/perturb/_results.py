@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 CELL_EMB = "cell_emb"
 RAW_SUFFIX = "_raw.pickle"
 TIDY_COLUMNS = ["perturbed", "affected", "state", "cell", "value"]
+# the value columns of a perturber's run table (``_store``), named for what they hold
+COSINE_COLUMN = "cosine_similarity"
+SHIFT_COLUMN = "shift_toward_state"
 RawKind = Literal["cell", "gene", "mixed", "state", "empty"]
 
 __all__ = [
@@ -242,7 +245,12 @@ class RawShifts:
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame) -> "RawShifts":
-        """From a tidy DataFrame (see the module docstring)."""
+        """From a tidy DataFrame (see the module docstring), or a perturber's table (``read_results``),
+        whose values are in ``shift_toward_state`` / ``cosine_similarity``."""
+        if "value" not in df.columns and {SHIFT_COLUMN, COSINE_COLUMN} & set(df.columns):
+            named = [df[c] for c in (SHIFT_COLUMN, COSINE_COLUMN) if c in df.columns]
+            value = named[0] if len(named) == 1 else named[0].fillna(named[1])
+            df = df.assign(value=value)
         missing = [c for c in ("perturbed", "affected", "value") if c not in df.columns]
         if missing:
             raise KeyError(f"Tidy perturbation results lack column(s) {missing}; expected {TIDY_COLUMNS}.")

@@ -57,7 +57,7 @@ from ..inference import auto_token_budget, validate_sequences
 from ..models import check_vocab_matches, load_model
 from ._engine import build_part, plan_parts, run_part
 from ._spec import PerturbSpec, run_settings, select_for
-from ._store import RunStore, fingerprint, part_table, raw_file_names
+from ._store import GeneLabels, RunStore, fingerprint, part_table, raw_file_names
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ def run_perturbation(
     resume: bool = True,
     keep_parts: bool = False,
     write_raw: bool = True,
+    reference_file_names: bool = True,
     n_threads: int | None = None,
     progress: bool | None = None,
     shard: Shard | str | tuple[int, int] | None = None,
@@ -118,6 +119,8 @@ def run_perturbation(
         resume: reuse the finished parts of an interrupted run with the same fingerprint (False: start afresh).
         keep_parts: keep the parts folder after the merge.
         write_raw: write the reference's raw pickles too.
+        reference_file_names: name a group run's raw pickles as the reference does, the token list
+            in brackets (``..._cell_embs_dict_[15627]_raw.pickle``); False: ``..._dict_15627_raw.pickle``.
         n_threads: CPU threads of the forward passes (capped at the CPUs the process may use; restored
             afterwards); None: torch's setting.
         {progress}
@@ -154,7 +157,7 @@ def run_perturbation(
         tokens=sel.seqs.values.tobytes(), offsets=sel.seqs.offsets.tobytes(),
         rows_per_part=spec.rows_per_part, cell_ids=sel.cell_id_column,
     )
-    names = raw_file_names(out_dir, opp, spec.tokens)
+    names = raw_file_names(out_dir, opp, spec.tokens, reference=reference_file_names)
     state_objects = {str(s): s for s in spec.state_list} or None
     if resume and store.final_fingerprint() == fp:
         logger.info("%s is already complete; nothing to do.", store.final)
@@ -193,11 +196,13 @@ def run_perturbation(
     try:
         with torch_threads(n_threads):
             workspace: dict = {}  # the layers' scratch buffers, kept from part to part
+            labels = GeneLabels(spec.vocab)
             for i in mine:
                 plan = build_part(sel.seqs, parts[i], rs)
                 result = run_part(model, plan, rs, device=dev, token_budget=budget, max_rows=max_rows,
                                   state_embs=state_embs, amp_dtype=amp, on_batch=bar.update, workspace=workspace)
-                table = part_table(plan, result, rows=sel.rows, cell_ids=sel.cell_ids, state_labels=spec.state_labels)
+                table = part_table(plan, result, rows=sel.rows, cell_ids=sel.cell_ids, state_labels=spec.state_labels,
+                                   labels=labels)
                 store.write_part(i, table, fp, [list(map(int, s)) for s in parts[i]])
                 _part_done_hook(i)
     finally:

@@ -62,7 +62,16 @@ from .._constants import STATS_MODES, StatsMode
 from .._utils import OptionError, check_cell_states, check_choice, doc_params, progress_bar, write_csv
 from .._utils._docs import doc_cell_states, doc_progress
 from . import _stats_modes as M
-from ._results import RAW_SUFFIX, RawShifts, iter_raw_dir, load_raw, read_raw_dir
+from ._results import (
+    RAW_SUFFIX,
+    RawShifts,
+    _looks_gene_level,
+    iter_raw_dir,
+    list_raw_files,
+    load_raw,
+    raw_kind,
+    read_raw_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +189,27 @@ def read_shifts(directory: str | os.PathLike, kinds: set[str], states: Sequence[
     shifts = RawShifts.from_dicts(bar, states=list(states) if states else None, source=str(directory))
     if not n_files:
         hint = (" With cell_states_to_model the results must be state-nested (perturber run with "
-                "cell_states_to_model)." if states else "")
+                "cell_states_to_model)." if states else _goal_state_hint(directory, suffix))
         raise FileNotFoundError(f"No {'/'.join(sorted(kinds))}-level results ending in {suffix!r} "
                                 f"in {directory}.{hint}")
     return shifts
+
+
+GOAL_STATE_MODES = ("goal_state_shift", "vs_null", "aggregate_gene_shifts")
+
+
+def _goal_state_hint(directory: str | os.PathLike, suffix: str) -> str:
+    """A sentence naming the states when the folder holds a goal-state run's (state-nested) results."""
+    for path in list_raw_files(directory, suffix):
+        if _looks_gene_level(path.name):  # gene-level pickles are never state-nested (and the largest)
+            continue
+        obj = load_raw(path)
+        if raw_kind(obj) == "state":
+            return (f" It holds a goal-state run's results ({path.name}: shifts towards the states "
+                    f"{', '.join(map(str, obj))}), not cosine similarities. Modes that fit a goal-state "
+                    f"run: {', '.join(GOAL_STATE_MODES)}, given the run's cell states (CLI: --state-key, "
+                    "--start-state, --goal-state; Python: cell_states_to_model).")
+    return ""
 
 
 def load_null_dicts(paths: Sequence[str | os.PathLike]) -> list[dict]:

@@ -6,16 +6,22 @@ Layout under the output folder (``opp`` = ``in_silico_{perturb_type}_{output_pre
     {opp}_parts/part-000000.parquet one file per part, written to a temporary name and renamed
     {opp}_parts/manifest.json       completed parts and the cells they cover (rewritten atomically)
     {opp}.parquet                   the tidy table (all parts), fingerprint in its metadata
-    {opp}_*_raw.pickle              the reference's dictionaries (see :mod:`.results`)
+    {opp}_*_raw.pickle              the reference's dictionaries (see :mod:`.results`); our own
+                                    front ends name group runs without the list's brackets
 
 A part file exists only when it is complete, so a rerun with the same fingerprint skips exactly the
 finished parts; a rerun of a finished run finds the final table and does nothing.
 
-Tidy columns: ``perturbed`` (list of tokens), ``affected`` (token of the gene whose embedding
-shift is measured; null for the cell-level value), ``state`` (the state a goal-state shift is
-measured towards; null otherwise), ``cell`` (position of the cell in processing order, as the
-reference orders its lists), ``row`` (the cell's row in the input dataset), ``cell_id`` (when the
-data has a cell-identifier column), ``value`` (cosine similarity or shift, float32).
+Tidy columns: ``perturbed`` (list of tokens), ``perturbed_gene`` / ``perturbed_symbol`` (its
+Ensembl ID(s) and symbol(s), "+"-joined for groups), ``affected`` (token of the gene whose embedding
+shift is measured; null for the cell-level value), ``affected_gene`` / ``affected_symbol``,
+``state`` (the state a goal-state shift is measured towards; null otherwise), ``cell`` (position of
+the cell in processing order, as the reference orders its lists), ``row`` (the cell's row in the
+input dataset), ``cell_id`` (when the data has a cell-identifier column), then the value, float32,
+in a column named for what it is: ``cosine_similarity`` (original vs perturbed embedding) and, in
+goal-state runs, ``shift_toward_state`` for the cell-level rows (the change of the cosine similarity
+to ``state``'s embedding; gene-level rows of such runs stay cosine similarities). Tables written
+before these names hold one ``value`` column; :func:`value_array` reads both.
 """
 
 from __future__ import annotations
@@ -36,20 +42,82 @@ from .._utils import (
     write_json,
     write_parquet,
 )
-from ._results import CELL_EMB, RAW_SUFFIX, save_raw
+from ._results import CELL_EMB, COSINE_COLUMN, RAW_SUFFIX, SHIFT_COLUMN, save_raw
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = b"geneformer.perturb.fingerprint"
+LEGACY_VALUE_COLUMN = "value"  # the one value column of tables written before the two names
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
 
 __all__ = [
+    "COSINE_COLUMN",
+    "LEGACY_VALUE_COLUMN",
+    "SHIFT_COLUMN",
+    "GeneLabels",
     "RunStore",
     "fingerprint",
     "part_table",
     "raw_file_names",
+    "value_array",
+    "value_columns",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# gene names and value columns
+# ---------------------------------------------------------------------------------------------
+class GeneLabels:
+    """Ensembl IDs and symbols of tokens, as Arrow string columns (from a ``GeneVocab`` or a
+    token dictionary, which has no symbols: its IDs stand in for them)."""
+
+    def __init__(self, vocab: Any):
+        if isinstance(vocab, dict):
+            self.ids = {int(v): str(k) for k, v in vocab.items()}
+            self.symbols: dict = {}
+        else:
+            self.ids = vocab.id_to_token
+            self.symbols = vocab.ensembl_to_symbol
+
+    def _names(self, key_rows: np.ndarray) -> tuple[list, list]:
+        ens = [self.ids.get(int(t), str(int(t))) for t in key_rows]
+        return ens, [self.symbols.get(e, e) for e in ens]
+
+    def columns(self, keys: np.ndarray):
+        """``(ids, symbols)`` string arrays for rows of tokens (n,) or token groups (n, width)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        mat = keys.reshape(len(keys), -1)
+        uniq, inv = np.unique(mat, axis=0, return_inverse=True)
+        ids, syms = [], []
+        for row in uniq:
+            e, s = self._names(row)
+            ids.append("+".join(e))
+            syms.append("+".join(s))
+        idx = pa.array(np.asarray(inv).reshape(-1).astype(np.int64))
+        return pc.take(pa.array(ids, pa.string()), idx), pc.take(pa.array(syms, pa.string()), idx)
+
+
+def value_columns(has_states: bool) -> list[str]:
+    """The value columns of a run's table: the shift towards a state and/or the cosine similarity."""
+    return [SHIFT_COLUMN, COSINE_COLUMN] if has_states else [COSINE_COLUMN]
+
+
+def value_array(table) -> np.ndarray:
+    """Every row's value (float64) from an Arrow table with our value columns or the legacy ``value``."""
+    import pyarrow.compute as pc
+
+    names = table.column_names
+    if LEGACY_VALUE_COLUMN in names:
+        return np.asarray(table.column(LEGACY_VALUE_COLUMN).to_numpy(), dtype=np.float64)
+    present = [c for c in (SHIFT_COLUMN, COSINE_COLUMN) if c in names]
+    if not present:
+        raise KeyError(f"The table has no value column ({SHIFT_COLUMN!r}, {COSINE_COLUMN!r} or "
+                       f"{LEGACY_VALUE_COLUMN!r}); columns: {names}.")
+    col = pc.coalesce(*[table.column(c) for c in present]) if len(present) > 1 else table.column(present[0])
+    return np.asarray(pc.fill_null(col, np.nan).to_numpy(), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,8 +138,10 @@ def part_table(
     rows: np.ndarray,
     cell_ids: np.ndarray | None,
     state_labels: Sequence[str] | None,
+    labels: GeneLabels | None = None,
 ):
-    """The tidy rows of one part: cell-level values first, then gene-level values."""
+    """The tidy rows of one part: cell-level values first, then gene-level values (gene names
+    from ``labels`` when given)."""
     import pyarrow as pa
 
     n_rows = plan.n_rows
@@ -101,15 +171,43 @@ def part_table(
         values.append(result.gene_values)
         tables_idx.append(r_gene)
     out = []
-    for cols, idx, vals in zip(tables, tables_idx, values):
+    value_cols = value_columns(bool(state_labels))
+    for level, (cols, idx, vals) in enumerate(zip(tables, tables_idx, values)):
         cells = cell_of_row[idx]
+        if labels is not None:
+            cols = _with_names(cols, labels, plan.keys[idx],
+                               plan.cmp_affected if level else None)
         cols["row"] = pa.array(rows[cells], pa.int64())
         if cell_ids is not None:
             cols["cell_id"] = pa.array([str(x) for x in cell_ids[cells]] if len(cells) < 4096 else
                                        _str_take(cell_ids, cells), pa.string())
-        cols["value"] = pa.array(np.asarray(vals, dtype=np.float32), pa.float32())
+        v = pa.array(np.asarray(vals, dtype=np.float32), pa.float32())
+        nulls = pa.nulls(len(v), pa.float32())
+        # cell-level rows of a goal-state run hold shifts; every other row a cosine similarity
+        is_shift = bool(state_labels) and level == 0
+        for name in value_cols:
+            cols[name] = v if (name == SHIFT_COLUMN) == is_shift else nulls
         out.append(pa.table(cols))
     return pa.concat_tables(out) if len(out) > 1 else out[0]
+
+
+def _with_names(cols: dict, labels: GeneLabels, keys: np.ndarray, affected: np.ndarray | None) -> dict:
+    """``cols`` with the perturbed (and affected) genes' IDs and symbols after their token columns."""
+    import pyarrow as pa
+
+    p_ids, p_syms = labels.columns(keys)
+    if affected is None:
+        a_ids = a_syms = pa.nulls(len(keys), pa.string())
+    else:
+        a_ids, a_syms = labels.columns(np.asarray(affected))
+    out = {}
+    for name, col in cols.items():
+        out[name] = col
+        if name == "perturbed":
+            out["perturbed_gene"], out["perturbed_symbol"] = p_ids, p_syms
+        elif name == "affected":
+            out["affected_gene"], out["affected_symbol"] = a_ids, a_syms
+    return out
 
 
 def _str_take(cell_ids: np.ndarray, cells: np.ndarray) -> list:
@@ -228,8 +326,10 @@ class RunStore:
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(self.final)
-        for batch in pf.iter_batches(batch_size=rows_per_batch,
-                                     columns=["perturbed", "affected", "state", "value"]):
+        names = pf.schema_arrow.names
+        wanted = [c for c in ("perturbed", "affected", "state", SHIFT_COLUMN, COSINE_COLUMN,
+                              LEGACY_VALUE_COLUMN) if c in names]
+        for batch in pf.iter_batches(batch_size=rows_per_batch, columns=wanted):
             yield pa.Table.from_batches([batch])
 
     def write_raw(self, names: dict[str, Path], state_objects: dict[str, Any] | None) -> list[Path]:
@@ -245,7 +345,7 @@ class RunStore:
             aff_col = table.column("affected")
             is_cell = np.asarray(pc.is_null(aff_col), dtype=bool)
             affected = np.asarray(pc.fill_null(aff_col, -1), dtype=np.int64)
-            values = table.column("value").to_numpy()
+            values = value_array(table)
             if state_objects:
                 lookup = {label: i for i, label in enumerate(state_objects)}
                 labels = table.column("state").to_pylist()
@@ -318,10 +418,16 @@ def _extend(target: dict, keys: Iterable, chunks: list) -> None:
         target[k].extend(v)
 
 
-def raw_file_names(directory: Path, output_path_prefix: str, tokens: Sequence[int] | None) -> dict[str, Path]:
-    """Reference file names: group runs embed the token list, "all" runs write one file per kind."""
+def raw_file_names(directory: Path, output_path_prefix: str, tokens: Sequence[int] | None,
+                   reference: bool = True) -> dict[str, Path]:
+    """Raw pickle names: group runs embed the token list, "all" runs write one file per kind.
+
+    ``reference``: the list as the reference writes it (``..._dict_[15627, 2635]_raw.pickle``, what
+    its tools look for); False: ``..._dict_15627_2635_raw.pickle``, no brackets or spaces to quote.
+    """
     if tokens is not None:
-        tag = str([int(t) for t in tokens])
+        ints = [int(t) for t in tokens]
+        tag = str(ints) if reference else "_".join(map(str, ints))
         return {"cell": directory / f"{output_path_prefix}_cell_embs_dict_{tag}{RAW_SUFFIX}",
                 "gene": directory / f"{output_path_prefix}_gene_embs_dict_{tag}{RAW_SUFFIX}"}
     return {"cell": directory / f"{output_path_prefix}_dict_cell_embs{RAW_SUFFIX}",

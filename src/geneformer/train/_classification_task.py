@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, get_args
 
-from .._constants import ClassifierKind, ModelKind, ModelVersion
+from .._constants import CLASSIFIER_HEADS, ClassifierKind, ModelKind, ModelVersion
 from .._utils import check_choice, check_model_version, check_positive_int
 from .._utils._docs import doc_progress
 from ._classification_genes import gene_class_tokens, token_classes
@@ -127,7 +127,11 @@ class TrainingOptions:
     ``seed``: data shuffles, splits and head initialisation; ``report_to``: Trainer loggers;
     ``progress``: progress bars (None: ``settings.progress``); ``resume_from_checkpoint``: True or a
     checkpoint folder; ``forward_batch_size``: cells per prediction batch; ``hyperopt_space``: the
-    Optuna search space (:mod:`geneformer.train._hyperopt`; None: the default space).
+    Optuna search space (:mod:`geneformer.train._hyperopt`; None: the default space); ``head``: the
+    cell classifier's pooling ("first" as the reference, "mean", "cls"; see ``models._pooled``);
+    ``early_stopping``: stop after this many evaluations without a better validation metric (None:
+    train every epoch); ``epoch_summary``: print each evaluation's losses and macro-F1 (when
+    progress is shown).
     """
 
     training_args: Mapping[str, Any] = field(default_factory=dict)
@@ -142,8 +146,14 @@ class TrainingOptions:
     resume_from_checkpoint: bool | str | os.PathLike | None = None
     forward_batch_size: int = 100
     hyperopt_space: Mapping[str, Any] | None = None
+    head: str = "first"
+    early_stopping: int | None = None
+    epoch_summary: bool = False
 
     def __post_init__(self) -> None:
+        check_choice("head", self.head, CLASSIFIER_HEADS)
+        if self.early_stopping is not None:
+            check_positive_int("early_stopping", self.early_stopping)
         check_positive_int("freeze_layers", self.freeze_layers, minimum=0)
         check_positive_int("forward_batch_size", self.forward_batch_size)
         check_class_weights(self.class_weights)

@@ -26,7 +26,7 @@ from ..inference import validate_sequences
 from ._classification_data import as_id_class_dict, column, load_labelled
 from ._classification_task import DOCS, ClassifierTask, TrainingOptions, check_class_weights
 from ._dropout_attention import use_fused_attention_dropout
-from ._trainer import ClassifierTrainer, trainer_metrics, training_arguments
+from ._trainer import ClassifierTrainer, EpochSummary, trainer_metrics, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def load_training_model(model_directory: Any, task: ClassifierTask, num_classes:
     from ..models import load_classifier
 
     return load_classifier(model_directory, task.model_type, num_classes, quantize=options.quantize,
-                           lora=options.lora, id2label=id_class_dict)
+                           lora=options.lora, id2label=id_class_dict,
+                           head=options.head if task.kind == "cell" else "first")
 
 
 def training_columns(ds: Any, label_column: str) -> Any:
@@ -181,7 +182,24 @@ def build_classifier_trainer(
     weights = class_weights_for(flat, num_classes, options.class_weights)
     return ClassifierTrainer(model=model, args=args, data_collator=task.collator(), train_dataset=train_data,
                              eval_dataset=eval_data, compute_metrics=trainer_metrics, class_weights=weights,
-                             callbacks=list(callbacks or []))
+                             callbacks=list(callbacks or []) + _option_callbacks(args, options))
+
+
+def _option_callbacks(args: Any, options: TrainingOptions) -> list:
+    """Early stopping on the validation metric and the epoch summary, as the options ask."""
+    from transformers import EarlyStoppingCallback
+
+    evaluates = str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no"
+    out: list = []
+    if options.early_stopping is not None:
+        if not (evaluates and args.load_best_model_at_end and args.metric_for_best_model):
+            logger.warning("early_stopping needs per-epoch validation (cell classifiers with validation data); "
+                           "training every epoch instead.")
+        else:
+            out.append(EarlyStoppingCallback(early_stopping_patience=int(options.early_stopping)))
+    if options.epoch_summary and evaluates and show_progress(options.progress):
+        out.append(EpochSummary())
+    return out
 
 
 def save_trained(trainer: Any, output_directory: str | os.PathLike, model_directory: Any, num_classes: int,
@@ -202,6 +220,7 @@ def save_trained(trainer: Any, output_directory: str | os.PathLike, model_direct
         id2label={int(k): str(v) for k, v in (id_class_dict or {}).items()},
         base_model=str(base.resolve()) if base.exists() else str(model_directory),
         lora=bool(options.lora) or bool(options.quantize), model_version=task.model_version,
+        cell_pooling=options.head if task.kind == "cell" else "first",
     )
     trainer.save_state()
     return out

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .. import plotting
-from .._constants import ClassifierKind
+from .._constants import ClassifierHead, ClassifierKind
 from .._utils import check_choice, check_fraction, doc_params, save_dataset, write_csv, write_json
 from .._utils._docs import doc_filter_data, doc_progress
 from ._classification_data import column, load_labelled, select_rows
@@ -100,6 +100,9 @@ def finetune(
     hyperopt_space: Mapping[str, Any] | None = None,
     progress: bool | None = None,
     token_dictionary_file: str | os.PathLike | None = None,
+    head: ClassifierHead = "first",
+    early_stopping: int | None = None,
+    epoch_summary: bool = False,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on a tokenized ``dataset`` (folder or Dataset) and score a held-out test split.
 
@@ -128,6 +131,13 @@ def finetune(
         hyperopt_space: the search space (None: the default).
         {progress}
         token_dictionary_file: a custom vocabulary's token dictionary (instead of V1/V2).
+        head: a cell classifier's pooling: "first" (the reference's pooler on the first position),
+            "mean" (mean of the genes' states; far ahead in the README's fine-tuning benchmark) or
+            "cls" (the ``<cls>`` state; V2 models, whose cells start with it).
+        early_stopping: stop after this many epochs without a better validation macro-F1 (the best
+            epoch's model is kept); None trains every epoch.
+        epoch_summary: print one line per epoch (training and validation loss, macro-F1, accuracy)
+            through the progress output (not when progress is off).
     """
     check_choice("classifier", classifier, CLASSIFIER_KINDS)
     if classifier == "cell" and not label:
@@ -154,8 +164,11 @@ def finetune(
         targs["per_device_eval_batch_size"] = batch_size
     task = classifier_task(classifier, state_key=label, gene_class_dict=gene_class_dict, model_version=version,
                            token_dictionary_file=token_dictionary_file)
+    if head == "cls" and classifier == "cell" and version == "V1":
+        raise ValueError('head="cls" needs a V2 model (V1 cells have no <cls> token); use "mean" or "first".')
     options = TrainingOptions(training_args=targs, freeze_layers=freeze_layers, lora=lora,
-                              class_weights=class_weights, seed=seed, progress=progress, hyperopt_space=hyperopt_space)
+                              class_weights=class_weights, seed=seed, progress=progress, hyperopt_space=hyperopt_space,
+                              head=head, early_stopping=early_stopping, epoch_summary=epoch_summary)
     data_dir = out / "data"
     prepared = prepare_classifier_data(dataset, data_dir, PREFIX, task, filter_data=filter_data,
                                        rare_threshold=rare_threshold, max_ncells=max_ncells, seed=seed,
@@ -194,7 +207,7 @@ def finetune(
         "macro_f1": metrics["macro_f1"], "accuracy": metrics["acc"], "roc_auc": metrics.get("roc_auc"),
         "n_train": len(train_ds), "n_validation": len(eval_ds), "n_test": len(test_ds),
         "classes": [str(id_class_dict[i]) for i in range(n_classes)], "classifier": classifier,
-        "model": str(model), "vocab": version,
+        "model": str(model), "vocab": version, "head": head if classifier == "cell" else None,
     }
     write_json(out / "metrics.json", summary, default=str)
     return FinetuneResult(out, model_dir, summary, id_class_dict)

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .._constants import IGNORE_INDEX
 
@@ -73,3 +73,31 @@ def training_arguments(**kw: Any) -> TrainingArguments:
     if unknown:
         raise ValueError(f"Unknown training argument(s) {unknown} for transformers TrainingArguments.")
     return TrainingArguments(**kw)
+
+
+class EpochSummary(TrainerCallback):
+    """After each evaluation, one line through our progress output (``tqdm.write``, so it sits
+    above any bar): epoch, mean training loss since the last line, validation loss, macro-F1 and
+    accuracy. No logging set-up needed; the caller adds it only when progress is shown."""
+
+    def __init__(self, write: Any = None) -> None:
+        if write is None:
+            from tqdm.auto import tqdm
+
+            write = tqdm.write
+        self.write = write
+        self._seen = 0
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        history = state.log_history[self._seen:]
+        self._seen = len(state.log_history)
+        losses = [h["loss"] for h in history if "loss" in h]
+        m = metrics or {}
+        parts = [f"epoch {state.epoch:.2f}/{args.num_train_epochs:g}"]
+        if losses:
+            parts.append(f"train loss {sum(losses) / len(losses):.4f}")
+        for key, name in (("eval_loss", "validation loss"), ("eval_macro_f1", "macro-F1"),
+                          ("eval_accuracy", "accuracy")):
+            if key in m:
+                parts.append(f"{name} {m[key]:.4f}")
+        self.write(", ".join(parts))
