@@ -28,8 +28,8 @@ from ._device import (
     free_memory_bytes,
     init_distributed,
     itemsize,
-    local_rank,
     limit_cpu_threads,
+    local_rank,
     model_device,
     rank,
     resolve_device,
@@ -54,17 +54,6 @@ from ._errors import (
 from ._hub import hub_offline
 from ._pickle import PlainDataUnpickler, load_plain
 from ._progress import progress_bar, show_progress
-from ._validation import (
-    check_cell_states,
-    check_choice,
-    check_columns_listed,
-    check_emb_layer,
-    check_filter_data,
-    check_fraction,
-    check_model_version,
-    check_positive_int,
-    state_list,
-)
 from ._shards import (
     Shard,
     ShardError,
@@ -81,6 +70,17 @@ from ._shards import (
     shard_part,
     shard_record,
     shards_dir,
+)
+from ._validation import (
+    check_cell_states,
+    check_choice,
+    check_columns_listed,
+    check_emb_layer,
+    check_filter_data,
+    check_fraction,
+    check_model_version,
+    check_positive_int,
+    state_list,
 )
 from ._workers import WorkerError, ordered_map
 
