@@ -137,7 +137,7 @@ def run_perturbation(
         return store.final
 
     parts = plan_parts(sel.seqs.lengths, rs, spec.rows_per_part)
-    amp = compute_dtype(dtype)
+    amp = compute_dtype(dtype, dev)
     max_pert_len = int(sel.seqs.lengths.max()) + (len(spec.tokens or ()) if spec.perturb_type == "overexpress" else 0)
     budget = spec.token_budget or settings.token_budget or auto_token_budget(
         model, min(max_pert_len, rs.max_len), dev, itemsize=itemsize(amp))
