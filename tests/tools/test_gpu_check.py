@@ -3,6 +3,7 @@ libraries), and the check saying there is no GPU and exiting 0."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -65,3 +66,14 @@ def test_check_without_cuda_says_so_and_exits_0():
     assert "no CUDA device here" in out.stdout
     assert time.perf_counter() - t0 < 60
     assert not (ROOT / ".venv-gpu").exists()  # nothing set up
+
+
+def test_gpu_benchmark_without_cuda_says_so_and_exits_0():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "no CUDA device here" in out.stdout

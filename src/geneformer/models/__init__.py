@@ -28,6 +28,7 @@ from ._fast_encoder import (
     supports_first_position,
 )
 from ._varlen import Packing, attention_backend, make_packing, pack, unpack, varlen_attention
+from ._flops import encoder_flops
 from ._freeze import freeze_encoder_layers
 from ._heads import CellModelConfig, EncoderWithHead, GeneformerCellModel, build_head, head_loss, load_encoder
 from ._loading import (
@@ -71,6 +72,6 @@ __all__ = [
     "resolve_model_source", "right_padded_lengths", "supports_fast_embeddings", "supports_fast_layer", "supports_first_position",
     "vocab_version_for_size", "write_finetune_meta",
     "CellModelConfig", "EncoderWithHead", "GeneformerCellModel", "MultiTaskConfig", "build_head", "head_loss",
-    "load_encoder", "Packing", "attention_backend", "make_packing", "pack", "packed_layer_forward", "unpack",
+    "load_encoder", "encoder_flops", "Packing", "attention_backend", "make_packing", "pack", "packed_layer_forward", "unpack",
     "varlen_attention",
 ]
