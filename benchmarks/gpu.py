@@ -43,9 +43,7 @@ rates = _isolate.sibling("_rates")
 
 from geneformer.data import as_sequences  # noqa: E402
 from geneformer.embeddings import cell_embeddings  # noqa: E402
-from geneformer.inference import auto_token_budget  # noqa: E402
 from geneformer.models import encoder_flops, init_model, layer_index  # noqa: E402
-from geneformer.perturb._engine import RunSettings, build_part, plan_parts, run_part  # noqa: E402
 
 DATA = Path(os.environ.get("GENEFORMER_SHARED_DIR", ROOT.parent / "shared")) / "data" / \
     "genecorpus30M_500_tokenized_cells.parquet"
@@ -90,25 +88,7 @@ def cosine_check(model, cells: list[np.ndarray], device) -> None:
 
 
 def perturbation(name: str, model, cell: np.ndarray, special: bool, device, rate: float, goal: float) -> None:
-    cfg = model.config
-    layers = layer_index(model, -1)
-    s = RunSettings(perturb_type="delete", emb_mode="cell", layer=layers, special=special,
-                    max_len=int(cfg.max_position_embeddings))
-    seqs = as_sequences([cell])
-    budget = auto_token_budget(model, len(cell), device, itemsize=2)
-    parts = plan_parts(seqs.lengths, s, 1000)  # the default rows per part of a run
-    n_pert = sum(r1 - r0 for part in parts for _, r0, r1 in part)
-    flops = encoder_flops(np.full(n_pert, len(cell) - 1), layers, cfg.hidden_size, cfg.intermediate_size)
-    flops += len(parts) * encoder_flops(seqs.lengths, layers, cfg.hidden_size, cfg.intermediate_size)
-    workspace: dict = {}
-
-    def run(which) -> None:
-        for part in which:
-            run_part(model, build_part(seqs, part, s), s, device=device, token_budget=budget,
-                     amp_dtype=torch.bfloat16, workspace=workspace)
-
-    run([[(0, 0, min(8, n_pert))]])  # warm-up
-    seconds = _timed(lambda: run(parts), device)
+    n_pert, seconds, flops, budget = rates.delete_all(model, cell, special, device, torch.bfloat16)
     ok = flops / seconds >= goal * rate
     print(f"ISP delete-all {name}: one cell of {len(cell):,} genes, {n_pert:,} perturbations in {seconds:.1f} s, "
           f"{n_pert / seconds:,.1f} perturbations/s, {rates.share(flops, seconds, rate)} "
