@@ -85,7 +85,11 @@ def forward_hidden(
         if lengths is not None:
             return _packed_forward(blocks, hidden, lengths, _fast_dtype(hidden)), {}
     mask = None
-    if attention_mask is not None and not bool(attention_mask.all()):
+    if lengths is not None:  # (known on the host: no wait for the device)
+        padded = attention_mask is not None and bool(np.min(lengths) < input_ids.shape[1])
+    else:
+        padded = attention_mask is not None and not bool(attention_mask.all())
+    if padded:
         mask = _key_padding_mask(base.config, hidden, attention_mask)
     atts: dict[int, torch.Tensor] = {}
     kept = hidden
