@@ -133,6 +133,24 @@ def test_packed_first_position_and_loop_equal_the_padded_path(mini_v1, golden_di
     assert len(got) == 5
 
 
+def test_forward_loop_hands_the_host_lengths_down(packed_on_cpu, monkeypatch):
+    """iter_forward gives the layers the lengths it holds on the host: reading them from the mask
+    (a device read on GPUs) must not happen."""
+    model = _model()
+    rng = np.random.default_rng(2)
+    seqs = as_sequences([rng.integers(2, 64, n) for n in (50, 12, 31, 7, 50)])
+    with torch.inference_mode():
+        ref = {int(r): h for b in iter_forward(model, seqs, layer=3, token_budget=120, progress=False)
+               for r, h in zip(b.rows, b.hidden)}
+    monkeypatch.setattr(_forward, "right_padded_lengths", lambda *a: pytest.fail("lengths read from the mask"))
+    with torch.inference_mode():
+        got = {int(r): (h, n) for b in iter_forward(model, seqs, layer=3, token_budget=120, progress=False)
+               for r, h, n in zip(b.rows, b.hidden, b.lengths.tolist())}
+    assert sorted(got) == list(range(5))
+    for r, (h, n) in got.items():
+        assert torch.equal(h[:n], ref[r][:n])
+
+
 def test_layers_not_plain_bert_are_not_packed(packed_on_cpu, monkeypatch):
     model = _model()
     ids, mask, lens = _batch((20, 9))
