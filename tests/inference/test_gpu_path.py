@@ -249,3 +249,20 @@ def test_perturbation_batch_loops_never_read_the_device():
         assert _syncing_calls(loop) == [], ast.unparse(loop)[:200]
     # and the checker does catch one
     assert _syncing_calls(ast.parse("for b in x:\n    n = b.sum().item()")) == ["item"]
+
+
+def test_lagged_to_host_keeps_order_and_values_on_cpu():
+    from geneformer.inference import lagged_to_host
+
+    produced = []
+
+    def items():
+        for i in range(3):
+            produced.append(i)
+            yield i, torch.full((2,), float(i))
+
+    seen = []
+    for key, arr in lagged_to_host(items()):
+        assert produced[-1] == key  # CPU results come at once, not one batch late
+        seen.append((key, arr.tolist()))
+    assert seen == [(0, [0.0, 0.0]), (1, [1.0, 1.0]), (2, [2.0, 2.0])]

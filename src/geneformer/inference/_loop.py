@@ -183,4 +183,35 @@ def run_model(model: Any, data: Any, *, batch_size: int | None = None, device: A
         yield batch.rows, batch.outputs
 
 
-__all__ = ["ForwardBatch", "iter_forward", "run_model"]
+def lagged_to_host(items: Iterator[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, np.ndarray]]:
+    """``(key, numpy array)`` for each ``(key, tensor)`` of ``items``, one item late on GPUs.
+
+    A GPU tensor's copy into pinned host memory is started without blocking and waited for only
+    after the next item has been produced, i.e. after the next batch's work is queued: the device
+    never idles while the host waits for a result. CPU tensors pass through at once."""
+    pending = None
+    for key, tensor in items:
+        if tensor.device.type != "cuda":
+            if pending is not None:
+                yield _arrived(*pending)
+                pending = None
+            # (at once: a CPU result may share memory that the next batch reuses)
+            yield key, tensor.numpy()
+            continue
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        if pending is not None:
+            yield _arrived(*pending)
+        pending = (key, host, event)
+    if pending is not None:
+        yield _arrived(*pending)
+
+
+def _arrived(key: Any, host: torch.Tensor, event: Any) -> tuple[Any, np.ndarray]:
+    event.synchronize()
+    return key, host.numpy()
+
+
+__all__ = ["ForwardBatch", "iter_forward", "lagged_to_host", "run_model"]
