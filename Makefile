@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -27,5 +27,15 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/tokenize.py
 
+# on a machine with internet: wheels of everything but torch for a GPU machine (into .whl/)
+gpu-wheels: $(STAMP)
+	$(PY) tools/gpu_check.py wheels --dest .whl
+
+# on a GPU machine (its own CUDA PyTorch, maybe offline): install from .whl/ what is missing, run the
+# tests marked gpu and benchmarks/gpu.py; without CUDA it says so and exits 0
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py check --wheels .whl
+
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output .venv-gpu

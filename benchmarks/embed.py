@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from geneformer.embeddings import cell_embeddings  # noqa: E402
 from geneformer.data import as_sequences  # noqa: E402
-from geneformer.models import init_model, layer_index  # noqa: E402
+from geneformer.models import encoder_flops, init_model, layer_index  # noqa: E402
 
 DATA = Path(os.environ.get("GENEFORMER_SHARED_DIR", ROOT.parent / "shared")) / "data" / \
     "genecorpus30M_500_tokenized_cells.parquet"
@@ -72,17 +72,6 @@ class MatmulRate:
     def sustained(self) -> float:
         """Total FLOPs over total time of the samples, GFLOP/s."""
         return self.flops * len(self.samples) / sum(self.samples) / 1e9
-
-
-def model_flops(lengths: np.ndarray, layers: int, hidden: int, inter: int) -> float:
-    """Matmul FLOPs of ``layers`` BERT layers over cells of the given lengths (padding not counted).
-
-    Per layer and cell of length L: Q, K, V, output projections 4·2·L·H², feed-forward 2·2·L·H·I,
-    attention scores and weighted values 2·2·L²·H.
-    """
-    L = lengths.astype(np.float64)
-    per_layer = 8 * L * hidden**2 + 4 * L * hidden * inter + 4 * L**2 * hidden
-    return float(layers * per_layer.sum())
 
 
 def timed_embeddings(model, seqs, rate: MatmulRate, **kw) -> tuple[np.ndarray, float]:
@@ -121,7 +110,7 @@ def main() -> None:
     model = init_model("Geneformer-V1-10M", seed=0)
     cfg = model.config
     layers = layer_index(model, args.emb_layer)
-    flops = model_flops(seqs.lengths, layers, cfg.hidden_size, cfg.intermediate_size)
+    flops = encoder_flops(seqs.lengths, layers, cfg.hidden_size, cfg.intermediate_size)
     kw = dict(emb_layer=args.emb_layer, batch_size=args.batch_size, device="cpu")
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "

@@ -1,6 +1,7 @@
 """In silico perturbation throughput, and the statistics on its output.
 
 Usage: python benchmarks/perturb.py [--shared ../shared] [--threads N] [--skip-10m] [--device cpu|cuda]
+                                    [--genecorpus-perturbations N] [--only-genecorpus]
 
 Runs, with the mini-V1 fixture model and a randomly initialised model of the Geneformer-V1-10M
 architecture (6 layers, hidden 256, 4 heads, intermediate 512, 2,048 positions, V1 vocabulary):
@@ -9,7 +10,16 @@ architecture (6 layers, hidden 256, 4 heads, intermediate 512, 2,048 positions, 
 2. a 20-gene list (the 20 genes present in most cells) deleted together in 50 cells (cell_and_gene);
 3. goal-state delete-all on 4 Kang cells (mini-V2, cls; the golden run's settings);
 4. InSilicoPerturberStats on the delete-all output: aggregate_gene_shifts (gene-level, the
-   reference's 879 s step) and mixture_model.
+   reference's 879 s step) and mixture_model;
+5. the realistic case: delete-all of the longest real Genecorpus-30M cell (2,048 genes, from
+   ``data/genecorpus30M_500_tokenized_cells.parquet``) with the random Geneformer-V1-10M model, in
+   fp32 and in bf16, through the perturbation engine (emb_mode "cell"); the first
+   ``--genecorpus-perturbations`` genes (default 256; 2,048 is the whole cell) of the cell, each
+   perturbed sequence 2,047 genes long as in the whole run. Printed: perturbations/s, achieved
+   GFLOP/s and its share of the fp32 / bf16 matmul rate measured just before and after each run
+   (2,048² products back to back for 2 s; the mean of the two). The dtypes alternate
+   (fp32 bf16 fp32 bf16 with ``--genecorpus-repeats 2``), so that a change of load on a shared
+   machine hits both alike. The reference runs this case at ~0.4 perturbations/s on 2 cores (fp32).
 
 Reference times on a 2-core CPU (golden/README.md): delete-all of 3 cells with mini-V1 244 s,
 20-cell delete list 10.0 s, goal-state delete-all of 4 Kang cells 58.5 s, aggregate_gene_shifts 879 s.
@@ -66,12 +76,44 @@ def run(label: str, model, data, out: Path, n_ref: str | None = None, **kw) -> t
     return dt, n_pert
 
 
+def genecorpus(shared: Path, device: str, n_pert: int, repeats: int) -> None:
+    """Case 5: delete-all of a real 2,048-gene cell with a V1-10M-architecture model, fp32 and bf16."""
+    import pandas as pd
+    import torch
+
+    from geneformer.models import init_model
+
+    rates = _isolate.sibling("_rates")
+    cells = pd.read_parquet(shared / "data" / "genecorpus30M_500_tokenized_cells.parquet", columns=["input_ids"])
+    cell = np.asarray(max(cells["input_ids"], key=len), dtype=np.int64)
+    model = init_model("Geneformer-V1-10M", seed=0).to(device)
+    totals = {torch.float32: [0, 0.0, 0.0, 0.0], torch.bfloat16: [0, 0.0, 0.0, 0.0]}
+    for _ in range(repeats):
+        for dtype, acc in totals.items():
+            before = rates.matmul_rate(dtype, device, n=2048, seconds=2)
+            n, seconds, flops, _ = rates.delete_all(model, cell, False, device, dtype, n_pert)
+            after = rates.matmul_rate(dtype, device, n=2048, seconds=2)
+            acc[0] += n
+            acc[1] += seconds
+            acc[2] += flops
+            acc[3] += (before + after) / 2 / repeats
+    for dtype, (n, seconds, flops, rate) in totals.items():
+        label = "fp32" if dtype == torch.float32 else "bf16"
+        print(f"random Geneformer-V1-10M: delete all, real {len(cell):,}-gene cell, {label}: {n} perturbations "
+              f"in {seconds:.1f} s, {n / seconds:6.2f} /s (reference fp32 ~0.4 /s on 2 cores), "
+              f"{rates.share(flops, seconds, rate)}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--skip-10m", action="store_true", help="only the mini models")
+    ap.add_argument("--genecorpus-perturbations", type=int, default=256,
+                    help="genes of the 2,048-gene cell deleted in the realistic case (0: skip it)")
+    ap.add_argument("--genecorpus-repeats", type=int, default=1, help="fp32/bf16 rounds of the realistic case")
+    ap.add_argument("--only-genecorpus", action="store_true", help="only the realistic case")
     args = ap.parse_args()
 
     import torch
@@ -88,6 +130,10 @@ def main() -> None:
     kang = gold / "tokenized" / "kang2018_ifnb_harmony_2k_V2.dataset"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.2f}, device {args.device or 'auto'}")
+    if args.genecorpus_perturbations:
+        genecorpus(args.shared, args.device or "cpu", args.genecorpus_perturbations, args.genecorpus_repeats)
+    if args.only_genecorpus:
+        return
     tmp = Path(tempfile.mkdtemp(prefix="gf-bench-perturb-"))
     try:
         genes20 = _top_genes(pbmc, 20)

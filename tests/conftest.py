@@ -19,6 +19,20 @@ def _require(path: Path) -> Path:
     pytest.skip(msg)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where PyTorch sees a CUDA device (``make gpu-check``)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run by make gpu-check)")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return _require(SHARED)

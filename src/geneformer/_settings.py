@@ -39,7 +39,8 @@ class GeneformerSettings:
 
     Attributes:
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
-        dtype: None (fp32) or "fp32", "bf16", "fp16": the compute dtype of inference.
+        dtype: None or "fp32", "bf16", "fp16": the compute dtype of inference (None: bf16 on a CUDA
+            GPU that supports it, else fp32).
         token_budget: padded tokens per forward batch; None chooses from free memory.
         n_jobs: worker processes for tokenization and gene-median estimation.
         progress: show progress bars.

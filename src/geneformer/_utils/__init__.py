@@ -26,6 +26,7 @@ from ._device import (
     compute_dtype,
     cuda_available,
     free_memory_bytes,
+    host_to_device,
     init_distributed,
     itemsize,
     limit_cpu_threads,
@@ -52,6 +53,7 @@ from ._errors import (
     VocabularyError,
 )
 from ._hub import hub_offline
+from ._optional import optional_module
 from ._pickle import PlainDataUnpickler, load_plain
 from ._progress import progress_bar, show_progress
 from ._shards import (
@@ -89,8 +91,8 @@ __all__ = [
     "OptionError", "PlainDataUnpickler", "QuantizationError", "VocabularyError", "WorkerError", "atomic_folder",
     "atomic_path", "autocast", "json_default", "bf16_supported", "check_cell_states", "check_choice", "check_columns_listed",
     "check_emb_layer", "check_filter_data", "check_fraction", "check_model_version", "check_positive_int",
-    "compute_dtype", "cuda_available", "doc_params", "free_memory_bytes", "hub_offline", "itemsize",
-    "load_plain", "model_device", "move_contents", "ordered_map", "progress_bar", "rank", "refuse_existing",
+    "compute_dtype", "cuda_available", "doc_params", "free_memory_bytes", "host_to_device", "hub_offline", "itemsize",
+    "load_plain", "model_device", "move_contents", "optional_module", "ordered_map", "progress_bar", "rank", "refuse_existing",
     "resolve_device", "resolve_dtype", "save_dataset", "save_figure", "show_progress", "state_list",
     "temp_path", "torch_threads", "trainer_device_args", "usable_cpus", "world_size", "write_bytes", "write_csv", "write_json", "write_parquet",
     "write_pickle", "write_text", "write_with",

@@ -24,7 +24,7 @@ doc_emb_layer = """emb_layer: which layer's output, as in the reference: 0 = the
 doc_device = """device: "cpu", "cuda", "cuda:N", a torch.device, or None for ``settings.device``
             ("auto": CUDA when available)."""
 doc_dtype = """dtype: compute precision: "fp32", "bf16" or "fp16" (mixed precision), or None for
-            ``settings.dtype`` (None: fp32)."""
+            ``settings.dtype`` (None: bf16 on a CUDA GPU that supports it, else fp32)."""
 doc_progress = """progress: show progress bars (None: ``settings.progress``)."""
 doc_batch_size = """batch_size: at most this many cells (sequences) per forward pass; None fills batches
             up to a token budget chosen from free memory."""

@@ -40,7 +40,7 @@ def embed_command(
     max_ncells: Optional[int] = typer.Option(None, help="Embed at most this many cells (shuffled, seed 42)."),
     batch_size: Optional[int] = typer.Option(None, help="Cells per batch (default: from free memory)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-    dtype: Optional[str] = typer.Option(None, help="bf16 or fp16 for mixed precision (default fp32)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (default: bf16 on a CUDA GPU that supports it, else fp32)."),
     fmt: str = typer.Option("auto", "--format", help="auto (from the extension), h5ad, parquet, csv or pt."),
     gene_names: Optional[str] = typer.Option(None, help="h5ad input: var column with gene IDs/symbols, or 'index'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

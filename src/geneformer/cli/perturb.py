@@ -62,7 +62,7 @@ def perturb_command(
     model_version: Optional[str] = typer.Option(None, "--model-version", help="V1 or V2 (default: from the model)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per forward (default: by memory)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-    dtype: Optional[str] = typer.Option(None, help="bf16 or fp16 for mixed precision (default fp32)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (default: bf16 on a CUDA GPU that supports it, else fp32)."),
     gene_names: Optional[str] = typer.Option(None, help="h5ad input: var column with gene IDs/symbols, or 'index'."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh instead of resuming."),
     shard: Optional[str] = typer.Option(

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .._constants import CELL_EMB_MODES, CLS, EOS, PAD, V2_CLS_ID, V2_EOS_ID, V2_PAD_ID, VERSIONS, CellEmbMode
-from .._utils import InputError, check_choice, doc_params
+from .._utils import InputError, check_choice, doc_params, host_to_device
 from .._utils._docs import doc_batch_size, doc_data, doc_device, doc_emb_layer, doc_progress
 from ..data import TokenSequences, as_sequences
-from ..inference import iter_forward
+from ..inference import iter_forward, lagged_to_host
 from ..models import layer_index, model_vocab_version
 
 
@@ -134,21 +134,23 @@ def cell_embeddings(
         check_cls(has_cls, special)
     layer = layer_index(model, emb_layer)
     out = np.zeros((len(seqs), model.config.hidden_size), dtype=np.float32)
-    for batch in iter_forward(model, seqs, layer=layer, batch_size=batch_size, device=device,
-                              amp_dtype=amp_dtype, pad_id=special.pad_id, progress=progress,
-                              desc=f"{mode} embeddings"):
-        h = batch.hidden.float()
-        if mode == "cls":
-            embs = h[:, 0, :]
-        else:
-            rows_t = torch.from_numpy(batch.rows)
-            mask = gene_position_mask(batch.lengths, h.shape[1], torch.from_numpy(has_cls)[rows_t].to(h.device),
-                                      torch.from_numpy(has_eos)[rows_t].to(h.device))
-            embs = mean_over_genes(h, mask)
-        arr = embs.cpu().numpy()
-        out[batch.rows] = arr
+
+    def batches():
+        for batch in iter_forward(model, seqs, layer=layer, batch_size=batch_size, device=device,
+                                  amp_dtype=amp_dtype, pad_id=special.pad_id, progress=progress,
+                                  desc=f"{mode} embeddings"):
+            h = batch.hidden.float()
+            if mode == "cls":
+                yield batch.rows, h[:, 0, :]
+                continue
+            flags = [host_to_device(f[batch.rows], h.device) for f in (has_cls, has_eos)]
+            yield batch.rows, mean_over_genes(h, gene_position_mask(batch.lengths, h.shape[1], *flags))
+
+    # (on GPUs each batch's result is fetched after the next batch is queued)
+    for rows, arr in lagged_to_host(batches()):
+        out[rows] = arr
         if on_batch is not None:
-            on_batch(batch.rows, arr)
+            on_batch(rows, arr)
     return out
 
 

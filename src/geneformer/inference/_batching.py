@@ -8,19 +8,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._utils import check_positive_int, free_memory_bytes
+from .._utils import check_positive_int, free_memory_bytes, host_to_device
 from ..data import TokenSequences
 
 
 def auto_token_budget(model: Any, max_len: int, device: torch.device, itemsize: int = 4,
                       output_attentions: bool = False) -> int:
-    """Tokens per batch that fit comfortably in free memory (and keep CPU batches cache-friendly)."""
+    """Tokens per batch that fit comfortably in free memory (and keep CPU batches cache-friendly).
+
+    On a GPU the free memory is ``torch.cuda.mem_get_info``'s at the time of the call, and the
+    attention scores are not counted unless they are asked for: the packed layers' flash /
+    memory-efficient kernels never materialise them."""
     cfg = getattr(model, "config", model)
     h, inter, heads = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads
     # live activations per token: residual stream, q/k/v, attention output, intermediate, plus slack
     per_token = (8 * h + 2 * inter) * itemsize
     # attention scores per token when a kernel materialises them (eager, or SDPA's math path)
-    per_token += heads * max_len * itemsize * (2 if output_attentions else 1)
+    if device.type != "cuda" or output_attentions:
+        per_token += heads * max_len * itemsize * (2 if output_attentions else 1)
     budget = int(0.4 * free_memory_bytes(device) / max(per_token, 1))
     cap = 262_144 if device.type == "cuda" else 16_384
     return max(max_len, min(budget, cap))
@@ -87,6 +92,4 @@ def collate(seqs: TokenSequences, rows: np.ndarray, pad_id: int = 0,
     mask = np.arange(ids.shape[1])[None, :] < lens[:, None]
     tensors = [torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(lens.astype(np.int64))]
     device = torch.device(device)
-    if device.type == "cuda":
-        return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
-    return tuple(t.to(device) for t in tensors)
+    return tuple(host_to_device(t, device) for t in tensors)

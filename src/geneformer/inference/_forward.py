@@ -3,13 +3,17 @@ position's state, or the full model's head outputs.
 
 Plain BERT embeddings and layers run the inference form of ``models._fast_encoder`` (the module's
 own arithmetic, faster on CPU); any other layer (LoRA-wrapped, quantized, ...) runs its own forward,
-and models that are not BERT-shaped run their whole forward.
+and models that are not BERT-shaped run their whole forward. On GPUs a batch of plain layers runs
+packed (``models._varlen``: the cells' own tokens only, attention per cell by the flash /
+memory-efficient kernels). The forward loop passes the cells' lengths from the host, so that no
+step here waits for the device.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from ..models import (
@@ -17,12 +21,19 @@ from ..models import (
     fast_embeddings,
     fast_layer_forward,
     first_position_forward,
+    make_packing,
     n_layers,
+    pack,
+    packed_layer_forward,
     right_padded_lengths,
     supports_fast_embeddings,
     supports_fast_layer,
     supports_first_position,
+    unpack,
 )
+
+#: Devices whose plain BERT layers run packed (tests add "cpu" to check the path against the others).
+PACKED_DEVICES = {"cuda"}
 
 
 def _base_model(model: Any) -> Any:
@@ -42,12 +53,15 @@ def forward_hidden(
     *,
     attention_layers: Sequence[int] = (),
     workspace: dict | None = None,
+    lengths: Sequence[int] | np.ndarray | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Hidden states after ``layer`` encoder layers (0 = embedding output), running no further layers.
 
     ``attention_layers`` (1-based, <= layer) asks for those layers' attention probabilities.
     ``workspace``: a dict to keep the layers' scratch buffers in from one call to the next (see
-    ``models._fast_encoder``). Returns ``(hidden, {layer: (B, heads, L, L)})``.
+    ``models._fast_encoder``). ``lengths``: the cells' lengths on the host when the batch is right
+    padded (None: read from ``attention_mask``). Returns ``(hidden, {layer: (B, heads, L, L)})``;
+    padded positions of a packed batch hold zeros.
     """
     attention_layers = tuple(int(a) for a in attention_layers)
     if not _can_stop_early(model):  # any other architecture: full forward, pick the layer
@@ -63,8 +77,19 @@ def forward_hidden(
         hidden = base.embeddings(input_ids=input_ids)
     if layer == 0 and not attention_layers:
         return hidden, {}
+    blocks = base.encoder.layer[: max((layer, *attention_layers))]
+    if (hidden.device.type in PACKED_DEVICES and not attention_layers
+            and all(supports_fast_layer(block, base.config) for block in blocks)):
+        if lengths is None:
+            lengths = right_padded_lengths(attention_mask, *input_ids.shape)
+        if lengths is not None:
+            return _packed_forward(blocks, hidden, lengths, _fast_dtype(hidden)), {}
     mask = None
-    if attention_mask is not None and not bool(attention_mask.all()):
+    if lengths is not None:  # (known on the host: no wait for the device)
+        padded = attention_mask is not None and bool(np.min(lengths) < input_ids.shape[1])
+    else:
+        padded = attention_mask is not None and not bool(attention_mask.all())
+    if padded:
         mask = _key_padding_mask(base.config, hidden, attention_mask)
     atts: dict[int, torch.Tensor] = {}
     kept = hidden
@@ -73,7 +98,7 @@ def forward_hidden(
     fast_lengths = None
     if hidden.device.type == "cpu":  # (fast_layer_forward decides, by dtype, whether to use them)
         fast_lengths = right_padded_lengths(None if mask is None else attention_mask, *input_ids.shape)
-    for i, block in enumerate(base.encoder.layer[: max((layer, *attention_layers))], start=1):
+    for i, block in enumerate(blocks, start=1):
         if i in attention_layers:
             atts[i] = attention_probabilities(block, hidden, mask)
             hidden = _module_forward(block, hidden, mask)
@@ -89,23 +114,26 @@ def forward_hidden(
 
 
 def forward_first_position(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layer: int,
-                           *, workspace: dict | None = None) -> torch.Tensor:
+                           *, workspace: dict | None = None,
+                           lengths: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
     """(B, H) hidden state of position 0 (``<cls>``) after ``layer`` encoder layers.
 
     The last layer is evaluated for the query at position 0 only (keys and values still come from
-    every position), which saves that layer's work for all other positions.
+    every position), which saves that layer's work for all other positions. ``lengths`` as for
+    :func:`forward_hidden`.
     """
     base = _base_model(model)
     blocks = getattr(getattr(base, "encoder", None), "layer", None)
     if layer < 1 or blocks is None or layer > len(blocks) or not supports_first_position(blocks[layer - 1]):
-        hidden, _ = forward_hidden(model, input_ids, attention_mask, layer, workspace=workspace)
+        hidden, _ = forward_hidden(model, input_ids, attention_mask, layer, workspace=workspace, lengths=lengths)
         return hidden[:, 0]
-    hidden, _ = forward_hidden(model, input_ids, attention_mask, layer - 1, workspace=workspace)
-    return first_position_forward(blocks[layer - 1], hidden, attention_mask)
+    hidden, _ = forward_hidden(model, input_ids, attention_mask, layer - 1, workspace=workspace, lengths=lengths)
+    padded = None if lengths is None else bool(np.min(lengths) < input_ids.shape[1])
+    return first_position_forward(blocks[layer - 1], hidden, attention_mask, padded)
 
 
 def forward_outputs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    *, workspace: dict | None = None) -> Any:
+                    *, workspace: dict | None = None, lengths: Sequence[int] | np.ndarray | None = None) -> Any:
     """The full model's outputs (``.logits`` for classifiers). Plain BERT cell and gene classifiers
     run their encoder through :func:`forward_hidden` (and so the fast layers) and then their head;
     any other model (PEFT-wrapped, custom heads) runs its own forward."""
@@ -117,10 +145,22 @@ def forward_outputs(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     plain = kind in (BertForSequenceClassification, BertForTokenClassification) and type(model.classifier) is nn.Linear
     if not plain or (kind is BertForSequenceClassification and model.bert.pooler is None):
         return model(input_ids=input_ids, attention_mask=attention_mask)
-    hidden, _ = forward_hidden(model, input_ids, attention_mask, n_layers(model), workspace=workspace)
+    hidden, _ = forward_hidden(model, input_ids, attention_mask, n_layers(model), workspace=workspace,
+                               lengths=lengths)
     if kind is BertForTokenClassification:
         return TokenClassifierOutput(logits=model.classifier(model.dropout(hidden)))
     return SequenceClassifierOutput(logits=model.classifier(model.dropout(model.bert.pooler(hidden))))
+
+
+def _packed_forward(blocks: Sequence[Any], hidden: torch.Tensor, lengths: Sequence[int] | np.ndarray,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """The layers on the cells' own tokens (packed once before the first layer, unpacked after the
+    last); the result is in the compute dtype, as the CPU fast layers return it."""
+    packing = make_packing(lengths, hidden.shape[1], hidden.device)
+    x = pack(hidden, packing)
+    for block in blocks:
+        x = packed_layer_forward(block, x, packing, dtype)
+    return unpack(x.to(dtype), packing)
 
 
 def _module_forward(block: Any, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -92,8 +92,9 @@ def iter_forward(
             else chosen from free memory). With both, budget batches are cut to ``batch_size``.
         {device}
             None here keeps the model where it is.
-        amp_dtype: compute dtype, "bf16"/"fp16" under autocast (None: ``settings.dtype``; a no-op
-            when the weights already are that dtype).
+        amp_dtype: compute dtype, "bf16"/"fp16" under autocast (None: ``settings.dtype``, and when that
+            is None too bf16 on a CUDA GPU that supports it, fp32 elsewhere; a no-op when the weights
+            already are that dtype).
         sort: longest cells first (False keeps the input order).
         validate: check that the cells fit the model (vocabulary, length) first.
         {progress}
@@ -110,7 +111,7 @@ def iter_forward(
         model.to(dev)
     else:
         dev = model_device(model)
-    amp = compute_dtype(amp_dtype)
+    amp = compute_dtype(amp_dtype, dev)
     total_layers = n_layers(model)
     layer = total_layers if layer is None else int(layer)
     if not 0 <= layer <= total_layers:
@@ -134,7 +135,7 @@ def iter_forward(
                 input_ids, mask, lens = collate(seqs, batch_rows, pad_id, dev)
                 try:
                     batch = _run_batch(model, batch_rows, input_ids, mask, lens, layer, attention_layers,
-                                       first_position, outputs, workspace)
+                                       first_position, outputs, workspace, lengths[batch_rows])
                 except torch.OutOfMemoryError:
                     if len(batch_rows) == 1:
                         raise
@@ -156,15 +157,16 @@ def iter_forward(
 
 
 def _run_batch(model, rows, input_ids, mask, lens, layer, attention_layers, first_position, outputs,
-               workspace) -> ForwardBatch:
+               workspace, host_lengths) -> ForwardBatch:
+    # (the host's copy of the lengths: deciding on padding from the device tensors would wait for the GPU)
     if outputs:
-        return ForwardBatch(rows, input_ids, lens, mask, outputs=forward_outputs(model, input_ids, mask,
-                                                                              workspace=workspace))
+        return ForwardBatch(rows, input_ids, lens, mask, outputs=forward_outputs(
+            model, input_ids, mask, workspace=workspace, lengths=host_lengths))
     if first_position:
-        hidden = forward_first_position(model, input_ids, mask, layer, workspace=workspace)
+        hidden = forward_first_position(model, input_ids, mask, layer, workspace=workspace, lengths=host_lengths)
         return ForwardBatch(rows, input_ids, lens, mask, hidden)
     hidden, atts = forward_hidden(model, input_ids, mask, layer, attention_layers=attention_layers,
-                                  workspace=workspace)
+                                  workspace=workspace, lengths=host_lengths)
     return ForwardBatch(rows, input_ids, lens, mask, hidden, atts or None)
 
 
@@ -181,4 +183,35 @@ def run_model(model: Any, data: Any, *, batch_size: int | None = None, device: A
         yield batch.rows, batch.outputs
 
 
-__all__ = ["ForwardBatch", "iter_forward", "run_model"]
+def lagged_to_host(items: Iterator[tuple[Any, torch.Tensor]]) -> Iterator[tuple[Any, np.ndarray]]:
+    """``(key, numpy array)`` for each ``(key, tensor)`` of ``items``, one item late on GPUs.
+
+    A GPU tensor's copy into pinned host memory is started without blocking and waited for only
+    after the next item has been produced, i.e. after the next batch's work is queued: the device
+    never idles while the host waits for a result. CPU tensors pass through at once."""
+    pending = None
+    for key, tensor in items:
+        if tensor.device.type != "cuda":
+            if pending is not None:
+                yield _arrived(*pending)
+                pending = None
+            # (at once: a CPU result may share memory that the next batch reuses)
+            yield key, tensor.numpy()
+            continue
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        if pending is not None:
+            yield _arrived(*pending)
+        pending = (key, host, event)
+    if pending is not None:
+        yield _arrived(*pending)
+
+
+def _arrived(key: Any, host: torch.Tensor, event: Any) -> tuple[Any, np.ndarray]:
+    event.synchronize()
+    return key, host.numpy()
+
+
+__all__ = ["ForwardBatch", "iter_forward", "lagged_to_host", "run_model"]

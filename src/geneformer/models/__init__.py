@@ -21,11 +21,13 @@ from ._fast_encoder import (
     fast_embeddings,
     fast_layer_forward,
     first_position_forward,
+    packed_layer_forward,
     right_padded_lengths,
     supports_fast_embeddings,
     supports_fast_layer,
     supports_first_position,
 )
+from ._flops import encoder_flops
 from ._freeze import freeze_encoder_layers
 from ._heads import CellModelConfig, EncoderWithHead, GeneformerCellModel, build_head, head_loss, load_encoder
 from ._loading import (
@@ -48,6 +50,7 @@ from ._loading import (
 from ._mlm import GeneformerForMaskedLM, masked_accuracy
 from ._multitask import AttentionPool, GeneformerMultiTask, MultiTaskConfig
 from ._pooled import PooledSequenceClassifier, cell_pooling_of
+from ._varlen import Packing, attention_backend, make_packing, pack, unpack, varlen_attention
 from ._zoo import (
     DEFAULT_MODEL,
     HUB_REPO,
@@ -71,4 +74,6 @@ __all__ = [
     "vocab_version_for_size", "write_finetune_meta",
     "CellModelConfig", "EncoderWithHead", "GeneformerCellModel", "MultiTaskConfig", "build_head", "head_loss",
     "load_encoder", "PooledSequenceClassifier", "cell_pooling_of",
+    "load_encoder", "encoder_flops", "Packing", "attention_backend", "make_packing", "pack", "packed_layer_forward", "unpack",
+    "varlen_attention",
 ]

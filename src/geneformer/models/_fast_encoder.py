@@ -13,6 +13,9 @@ is scheduled:
   (:mod:`.cpu_attention`).
 - In fp32 attention is PyTorch's ``scaled_dot_product_attention``: on CPU per cell over its own
   length, on GPU for the batch with a broadcast key mask, as in the module.
+- On GPUs the forward loop runs :func:`packed_layer_forward` instead: the cells' tokens packed
+  without padding (:mod:`._varlen`), attention per cell by flash / memory-efficient kernels, in
+  bf16, fp16 (with an fp32 residual stream, as autocast keeps it) or fp32.
 
 Only plain ``BertLayer`` blocks in eval mode under ``no_grad``/``inference_mode`` are taken (see
 :func:`supports_fast_layer`); LoRA-wrapped, quantized or otherwise modified layers run their own
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._cpu_attention import blocked_attention
+from ._varlen import Packing, varlen_attention
 from ._workspace import scratch
 
 
@@ -207,6 +211,24 @@ def _forward(block: Any, hidden: torch.Tensor, key_mask: torch.Tensor | None, dt
     return F.layer_norm(out, *w.ln2)
 
 
+def packed_layer_forward(block: Any, hidden: torch.Tensor, packing: Packing, dtype: torch.dtype) -> torch.Tensor:
+    """One encoder layer for packed tokens ``hidden`` (tokens, H) (see :mod:`._varlen`): the layer's
+    arithmetic with its matrix products in ``dtype``. The residual stream (``hidden`` and the
+    result) is fp32 when ``dtype`` is fp16, whose range a residual sum can exceed, else ``dtype``."""
+    residual = torch.float32 if dtype == torch.float16 else dtype
+    w = _LayerWeights(block, dtype, fold_scale=False)
+    ln1 = (w.ln1[0], w.ln1[1].to(residual), w.ln1[2].to(residual), w.ln1[3])
+    ln2 = (w.ln2[0], w.ln2[1].to(residual), w.ln2[2].to(residual), w.ln2[3])
+    with torch.autocast(hidden.device.type, enabled=False):
+        x = hidden.to(residual)
+        qkv = F.linear(x.to(dtype), w.w_qkv, w.b_qkv).view(x.shape[0], 3, w.heads, w.head_size)
+        ctx = varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], packing, w.scale).reshape(x.shape[0], -1)
+        att = F.layer_norm(F.linear(ctx, w.w_o, w.b_o).to(residual) + x, *ln1)
+        inner = F.linear(att.to(dtype), w.w_i, w.b_i)
+        inner = inner.relu_() if w.activation == "relu" else F.gelu(inner)
+        return F.layer_norm(F.linear(inner, w.w_out, w.b_out).to(residual) + att, *ln2)
+
+
 # ---- the two other ways into a BERT layer: attention probabilities, and the first position only ----
 def attention_probabilities(block: Any, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """(B, heads, L, L) attention probabilities of ``block`` for ``hidden``: the eager formula
@@ -237,9 +259,12 @@ def supports_first_position(block: Any) -> bool:
     return all(p is not None for p in parts)
 
 
-def first_position_forward(block: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def first_position_forward(block: Any, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                           padded: bool | None = None) -> torch.Tensor:
     """(B, H) output of ``block`` at position 0 (``<cls>``) only: the query of position 0 attends to
-    every position's keys and values, and the rest of the layer runs for that one position."""
+    every position's keys and values, and the rest of the layer runs for that one position.
+    ``padded``: whether any cell is shorter than the batch, when the caller knows (None: read the
+    mask, a device→host synchronisation on GPUs)."""
     att = block.attention.self
     heads, d = int(att.num_attention_heads), int(att.attention_head_size)
     b, length, _ = hidden.shape
@@ -247,7 +272,9 @@ def first_position_forward(block: Any, hidden: torch.Tensor, attention_mask: tor
     k = att.key(hidden).view(b, length, heads, d).transpose(1, 2)
     v = att.value(hidden).view(b, length, heads, d).transpose(1, 2)
     key_mask = None
-    if attention_mask is not None and not bool(attention_mask.all()):
+    if padded is None:
+        padded = attention_mask is not None and not bool(attention_mask.all())
+    if padded and attention_mask is not None:
         key_mask = attention_mask.bool()[:, None, None, :]
     scale = getattr(att, "scaling", d ** -0.5)
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)

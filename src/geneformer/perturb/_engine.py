@@ -11,6 +11,12 @@ perturbed sequence and in the original cell. :func:`run_part` then
 3. gathers the aligned original/perturbed gene rows with index tensors and computes every cosine
    similarity on the device at once; per-perturbation means are segment sums (``index_add_``).
 
+Every index is computed on the host from the plan's arrays and copied without blocking
+(``host_to_device``), and nothing in the batch loops reads a value back from the device, so on a
+GPU the host queues batch after batch while the device computes; the results come back once per
+part. (The perturbed sequences are built with numpy: for a delete-all they are a few tens of MB per
+cell against tens of TFLOP of forward passes, so building them on the device would save nothing.)
+
 What is compared (SPEC 7.4, with the reference's labelling bugs fixed):
 
 * ``cell``/``cell_and_gene`` without states: the mean over the compared genes of the cosine between
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .._constants import PERTURB_EMB_MODES
+from .._utils import host_to_device
 from ..data import TokenSequences
 from ..embeddings import gene_position_mask, mean_over_genes
 from ..inference import iter_forward
@@ -296,14 +303,17 @@ def run_part(
         if s.cls or S is not None:
             orig_vec = torch.empty((n_local, hidden_size), dtype=torch.float32, device=device)
         for batch in iter_forward(model, plan.orig, **loop):
-            rows, hidden, lens, mask = batch.rows, batch.hidden, batch.lengths, batch.attention_mask.bool()
-            rows_t = torch.from_numpy(rows).to(device)
+            rows, hidden, lens = batch.rows, batch.hidden, batch.lengths
+            rows_t = host_to_device(rows, device)
             if cls_only:
                 orig_vec[rows_t] = hidden.float()
                 continue
             if bank is not None:
-                flat, _ = _segments(plan.orig.offsets, rows)
-                bank[torch.from_numpy(flat).to(device)] = hidden[mask].float()
+                # every real position of the batch, in order (a boolean mask would make the host wait)
+                flat, local = _segments(plan.orig.offsets, rows)
+                pos = flat - plan.orig.offsets[rows][local]
+                bank[host_to_device(flat, device)] = hidden[host_to_device(local, device),
+                                                            host_to_device(pos, device)].float()
             if orig_vec is not None:
                 orig_vec[rows_t] = (hidden[:, 0] if s.cls else _masked_mean(hidden, lens, s.special)).float()
         orig_state_cos = _cos(orig_vec[:, None, :], S[None]) if S is not None else None  # (n_local, S)
@@ -315,10 +325,10 @@ def run_part(
         n_rows = plan.n_rows
         cell_values = torch.empty((n_rows, max(s.n_states, 1)), dtype=torch.float32, device=device)
         gene_values = torch.empty(int(plan.cmp_offsets[-1]), dtype=torch.float32, device=device) if need_gene else None
-        row_cell_t = torch.from_numpy(plan.row_cell).to(device)
+        row_cell_t = host_to_device(plan.row_cell, device)
         for batch in iter_forward(model, plan.pert, **loop):
             rows, lens = batch.rows, batch.lengths
-            rows_t = torch.from_numpy(rows).to(device)
+            rows_t = host_to_device(rows, device)
             cells_t = row_cell_t[rows_t]
             if cls_only:
                 first, hidden = batch.hidden, None
@@ -328,10 +338,10 @@ def run_part(
             gcos = local_t = None
             if need_gene:
                 flat, local = _segments(plan.cmp_offsets, rows)
-                flat_t = torch.from_numpy(flat).to(device)
-                local_t = torch.from_numpy(local).to(device)
-                pert_rows = hidden[local_t, torch.from_numpy(plan.cmp_pert_pos[flat]).to(device)]
-                orig_unit = bank[torch.from_numpy(plan.cmp_bank[flat]).to(device)]
+                flat_t = host_to_device(flat, device)
+                local_t = host_to_device(local, device)
+                pert_rows = hidden[local_t, host_to_device(plan.cmp_pert_pos[flat], device)]
+                orig_unit = bank[host_to_device(plan.cmp_bank[flat], device)]
                 pert_rows = pert_rows.float()
                 gcos = (pert_rows * orig_unit).sum(-1) / torch.linalg.vector_norm(pert_rows, dim=-1).clamp_min(EPS)
                 gene_values[flat_t] = gcos
@@ -342,7 +352,7 @@ def run_part(
                 cell_values[rows_t, 0] = _cos(first, orig_vec[cells_t])
             else:
                 sums = torch.zeros(len(rows), dtype=torch.float32, device=device).index_add_(0, local_t, gcos)
-                counts = torch.from_numpy(plan.cmp_offsets[rows + 1] - plan.cmp_offsets[rows]).to(device)
+                counts = host_to_device(plan.cmp_offsets[rows + 1] - plan.cmp_offsets[rows], device)
                 cell_values[rows_t, 0] = sums / counts.to(torch.float32)
             if on_batch is not None:
                 on_batch(len(rows))

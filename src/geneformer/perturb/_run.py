@@ -176,7 +176,7 @@ def run_perturbation(
     parts = plan_parts(sel.seqs.lengths, rs, spec.rows_per_part)
     costs = _part_costs(parts, sel.seqs.lengths)
     first, stop = shard_bounds(costs, shard)
-    amp = compute_dtype(dtype)
+    amp = compute_dtype(dtype, dev)
     max_pert_len = int(sel.seqs.lengths.max()) + (len(spec.tokens or ()) if spec.perturb_type == "overexpress" else 0)
     budget = spec.token_budget or settings.token_budget or auto_token_budget(
         model, min(max_pert_len, rs.max_len), dev, itemsize=itemsize(amp))
