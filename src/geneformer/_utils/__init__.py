@@ -6,7 +6,10 @@ from ._atomic import (
     atomic_path,
     json_default,
     move_contents,
+    lock_path,
+    output_lock,
     refuse_existing,
+    remove_stale_temporaries,
     save_dataset,
     save_figure,
     temp_path,
@@ -43,16 +46,20 @@ from ._errors import (
     InputFileError,
     ModelLoadError,
     OptionError,
+    OutputExistsError,
+    OutputLockedError,
     QuantizationError,
     VocabularyError,
 )
 from ._hub import hub_offline
-from ._pickle import PlainDataUnpickler, load_plain
+from ._pickle import PlainDataUnpickler, load_plain, load_plain_file
 from ._progress import progress_bar, show_progress
 from ._validation import (
+    check_attr_map,
     check_cell_states,
     check_choice,
     check_columns_listed,
+    check_inputs_exist,
     check_emb_layer,
     check_filter_data,
     check_fraction,
@@ -63,7 +70,7 @@ from ._validation import (
 from ._workers import WorkerError, ordered_map
 
 __all__ = [
-    "ClassifierDataError", "CorpusError", "GeneformerError", "InputError", "InputFileError", "ModelLoadError",
+    "ClassifierDataError", "check_attr_map", "CorpusError", "GeneformerError", "InputError", "InputFileError", "ModelLoadError",
     "OptionError", "PlainDataUnpickler", "QuantizationError", "VocabularyError", "WorkerError", "atomic_folder",
     "atomic_path", "autocast", "json_default", "bf16_supported", "check_cell_states", "check_choice", "check_columns_listed",
     "check_emb_layer", "check_filter_data", "check_fraction", "check_model_version", "check_positive_int",
@@ -72,4 +79,5 @@ __all__ = [
     "resolve_device", "resolve_dtype", "save_dataset", "save_figure", "show_progress", "state_list",
     "temp_path", "torch_threads", "trainer_device_args", "usable_cpus", "world_size", "write_bytes", "write_csv", "write_json", "write_parquet",
     "write_pickle", "write_text", "write_with",
+    "OutputExistsError", "OutputLockedError", "check_inputs_exist", "load_plain_file", "lock_path", "output_lock", "remove_stale_temporaries",
 ]
