@@ -54,31 +54,34 @@ def build_vocab_command(
                                         help="Keep only genes of this type (column gene_type); repeatable."),
     save_digests: bool = typer.Option(False, "--save-digests",
                                       help="Also write gene_digests_NAME.npz to merge with later corpora."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an existing vocabulary in --output."),
 ) -> None:
     """Estimate non-zero gene medians over a corpus and write a new gene vocabulary."""
-    from .._utils import InputFileError
-    from ..vocab import GeneDigests, build_vocab, compute_gene_digests, write_vocab
+    from .._utils import InputFileError, check_inputs_exist, refuse_existing
+    from ..vocab import GeneDigests, build_vocab, compute_gene_digests, vocab_file_paths, write_vocab
 
+    check_inputs_exist(inputs)
     data = [str(p) for p in inputs if p.suffix != ".npz"]
     saved = [p for p in inputs if p.suffix == ".npz"]
-    try:
-        if data:
-            digests = compute_gene_digests(
-                data, file_format=file_format, gene_id_column=gene_id_column, exact=exact,
-                chunk_size=chunk_size, nproc=nproc,
-                gene_filter=_GeneTypeFilter("gene_type", gene_type) if gene_type else None,
-            )
-        else:
-            digests = GeneDigests(exact=exact)
-        for p in saved:
-            digests.merge(GeneDigests.load(p))
-        vocab = build_vocab(digests, special_tokens=special_tokens, min_cells=min_cells)
-        write_vocab(vocab, output, name, counts=digests.counts())
-        if save_digests:
-            digests.save(Path(output) / f"gene_digests_{name}.npz")
-    except (InputFileError, ValueError, KeyError, OSError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+    digest_file = Path(output) / f"gene_digests_{name}.npz"
+    if Path(output).exists() and not Path(output).is_dir():
+        raise InputFileError(f"--output {output} is a file; give a folder for the vocabulary files.")
+    # before any work: an existing vocabulary is refused unless --overwrite
+    refuse_existing(vocab_file_paths(output, name) + ([digest_file] if save_digests else []), overwrite)
+    if data:
+        digests = compute_gene_digests(
+            data, file_format=file_format, gene_id_column=gene_id_column, exact=exact,
+            chunk_size=chunk_size, nproc=nproc,
+            gene_filter=_GeneTypeFilter("gene_type", gene_type) if gene_type else None,
+        )
+    else:
+        digests = GeneDigests(exact=exact)
+    for p in saved:
+        digests.merge(GeneDigests.load(p))
+    vocab = build_vocab(digests, special_tokens=special_tokens, min_cells=min_cells)
+    write_vocab(vocab, output, name, counts=digests.counts(), overwrite=overwrite)
+    if save_digests:
+        digests.save(digest_file)
     typer.echo(f"{digests.n_cells} cells, {len(vocab.gene_medians)} genes detected ({digests.mode} medians); "
                f"wrote a {vocab.size}-token vocabulary to {output}")
 

@@ -40,17 +40,19 @@ def embed_command(
     fmt: str = typer.Option("auto", "--format", help="auto (from the extension), h5ad, parquet, csv or pt."),
     gene_names: Optional[str] = typer.Option(None, help="h5ad input: var column with gene IDs/symbols, or 'index'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
+    from .._utils import InputFileError, check_positive_int, refuse_existing
     from ..embeddings import output_format
 
-    try:
-        fmt = output_format(output, fmt)
-        _run(input, model, output, mode, emb_layer, label or [], max_ncells, batch_size, device, dtype, fmt,
-             gene_names, not quiet)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+    fmt = output_format(output, fmt)
+    if output.is_dir():
+        raise InputFileError(f"--output {output} is a folder; give a file name (.h5ad, .parquet, .csv or .pt).")
+    refuse_existing(output, overwrite)
+    check_positive_int("--max-ncells", max_ncells, allow_none=True)
+    check_positive_int("--batch-size", batch_size, allow_none=True)
+    _run(input, model, output, mode, emb_layer, label or [], max_ncells, batch_size, device, dtype, fmt,
+         gene_names, not quiet)
 
 
 def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_size, device, dtype, fmt,
@@ -63,6 +65,7 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     from ..data import check_columns, column_values, downsample_and_sort, load_tokenized
     from ..embeddings import _outputs as outputs
     from ..embeddings import cell_embeddings, gene_embeddings
+    from ..io import read_anndata
     from ..models import load_model, model_input_size, model_vocab_version
     from ..tokenization import match_and_tokenize
 
@@ -71,7 +74,7 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     model = load_model(model_name, device=device)
     adata = None
     if input.suffix == ".h5ad":
-        adata = ad.read_h5ad(input)
+        adata = read_anndata(input)
         version = model_vocab_version(model)
         if version is None:
             raise ValueError(f"Model {model_name} has a custom vocabulary; tokenize the .h5ad with its vocabulary "
