@@ -740,7 +740,10 @@ def test_perturb_api_computes_state_embeddings(mini_v2, cells_v2, tmp_path):
 
     df = perturb(cells_v2, mini_v2, "all", state_key="condition", start_state="ctrl", goal_state="stim",
                  output_dir=tmp_path, prefix="goal", progress=False)
-    assert (tmp_path / "state_embs.pkl").is_file()
+    from geneformer.embeddings import load_state_embs
+
+    saved = load_state_embs(tmp_path / "state_embs.safetensors")  # ours: safetensors, not a pickle
+    assert list(saved) == ["ctrl", "stim"] and saved["ctrl"].ndim == 1
     assert set(df["state"]) == {"ctrl", "stim"} and df["affected"].isna().all()
     n_ctrl = sum(c == "ctrl" for c in cells_v2["condition"])
     assert df["cell"].nunique() == n_ctrl

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,8 +26,10 @@ from .._utils import (
     check_choice,
     check_model_version,
     hub_offline,
-    load_plain,
+    load_plain_file,
+    refuse_existing,
     write_bytes,
+    write_json,
     write_pickle,
 )
 
@@ -60,6 +61,8 @@ _JSON_NAMES = {
     "gene_name_id": "gene_name_id_dict.json",
     "ensembl_mapping": "ensembl_mapping_dict.json",
 }
+#: Every file :meth:`GeneVocab.save` writes as JSON.
+VOCAB_JSON_FILES = (*_JSON_NAMES.values(), "vocab.json")
 
 
 def _candidates(folder: Path, version: str, name: str) -> list[Path]:
@@ -119,17 +122,40 @@ def _download_from_hub(version: str, name: str) -> Path:
 def load_dict_file(path: str | os.PathLike) -> dict:
     """Load a dictionary from a published pickle or from JSON, by extension."""
     p = Path(path)
-    try:
-        if p.suffix == ".json":
-            with open(p) as fh:
-                return json.load(fh)
-        with open(p, "rb") as fh:
-            obj = load_plain(fh, "a dictionary pickle")
-    except (OSError, pickle.UnpicklingError, EOFError, json.JSONDecodeError) as exc:
-        raise VocabularyError(f"Could not read dictionary file {p}: {exc}") from exc
+    if p.suffix == ".json":
+        try:
+            obj = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise VocabularyError(f"Could not read dictionary file {p}: {exc}") from exc
+    else:
+        obj = load_plain_file(p, "dictionary file", error=VocabularyError)
     if not isinstance(obj, dict):
         raise VocabularyError(f"{p} holds a {type(obj).__name__}, expected a dictionary.")
     return obj
+
+
+def convert_dict_file(path: str | os.PathLike, output: str | os.PathLike | None = None, *,
+                      overwrite: bool = False) -> Path:
+    """Convert a dictionary pickle (a published gene dictionary, an id-class dictionary) to JSON once,
+    so that it is never unpickled again; returns the JSON path (default: beside it, ``.json``).
+
+    The pickle is read with the restricted loader; keys must be strings or integers (JSON writes both
+    as strings, which every reader of these files accepts), values plain data (numpy numbers become
+    numbers). An existing output is refused unless ``overwrite``.
+    """
+    import numbers
+
+    src = Path(path)
+    dst = Path(output) if output is not None else src.with_suffix(".json")
+    if dst.resolve() == src.resolve():
+        raise VocabularyError(f"The JSON output {dst} would replace the input; choose another --output.")
+    obj = load_dict_file(src)
+    bad = [k for k in obj if not isinstance(k, (str, numbers.Integral))]
+    if bad:
+        raise VocabularyError(f"{src} has keys JSON cannot hold (e.g. {bad[0]!r} of type {type(bad[0]).__name__}).")
+    refuse_existing(dst, overwrite)
+    write_json(dst, {str(k) if not isinstance(k, str) else k: v for k, v in obj.items()}, indent=None)
+    return dst
 
 
 @dataclass
