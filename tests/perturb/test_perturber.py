@@ -744,6 +744,10 @@ def test_perturb_api_computes_state_embeddings(mini_v2, cells_v2, tmp_path):
 
     saved = load_state_embs(tmp_path / "state_embs.safetensors")  # ours: safetensors, not a pickle
     assert list(saved) == ["ctrl", "stim"] and saved["ctrl"].ndim == 1
+    import json  # the run records its vocabulary for perturb-stats to check
+
+    meta = json.loads((tmp_path / "in_silico_delete_goal_vocab.json").read_text())
+    assert meta == {"model_version": "V2", "vocab_size": mini_v2.config.vocab_size}
     assert set(df["state"]) == {"ctrl", "stim"} and df["affected"].isna().all()
     n_ctrl = sum(c == "ctrl" for c in cells_v2["condition"])
     assert df["cell"].nunique() == n_ctrl

@@ -31,10 +31,11 @@ from .._utils._device import torch_threads
 from .._utils._docs import doc_device, doc_dtype, doc_progress
 from ..data import load_tokenized
 from ..inference import auto_token_budget, validate_sequences
-from ..models import check_vocab_matches, load_model
+from ..models import check_vocab_matches, load_model, model_vocab_version
 from ._engine import build_part, plan_parts, run_part
 from ._spec import PerturbSpec, run_settings, select_for
 from ._store import RunStore, fingerprint, part_table, raw_file_names
+from ._vocab_meta import write_run_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def run_perturbation(
             store.write_raw(names, state_objects)
         if not keep_parts:
             store.remove_parts()
+        write_run_vocab(out_dir, opp, model.config.vocab_size, model_vocab_version(model))
         return store.final
 
     parts = plan_parts(sel.seqs.lengths, rs, spec.rows_per_part)
@@ -171,6 +173,7 @@ def run_perturbation(
             return None
         _wait_for_parts(store, len(parts))
     store.write_final(len(parts), fp)
+    write_run_vocab(out_dir, opp, model.config.vocab_size, model_vocab_version(model))
     if write_raw:
         store.write_raw(names, state_objects)
     if not keep_parts:
