@@ -528,6 +528,11 @@ def test_cli_finetune_and_predict(pbmc, tiny_v1, tmp_path):
     table = pd.read_csv(tmp_path / "p.csv")
     assert len(table) == 3 * N_PER_CLASS and {"cell_id", "pred_label", "prob_NK"} <= set(table.columns)
     assert set(table["pred_label"]) <= set(CLASSES)
+    before = (tmp_path / "p.csv").read_bytes()
+    again = ["predict", str(pbmc), "--model", str(out / "model"), "--output", str(tmp_path / "p.csv"), "-q"]
+    res = runner.invoke(app, again)
+    assert res.exit_code == 2 and "--overwrite" in res.output and (tmp_path / "p.csv").read_bytes() == before
+    assert runner.invoke(app, again + ["--overwrite"]).exit_code == 0
     res = runner.invoke(app, ["finetune", str(pbmc), "--model", str(tiny_v1), "--label", "nope", "--output",
                               str(tmp_path / "bad")])
     assert res.exit_code == 2 and "'nope'" in res.output
