@@ -585,7 +585,7 @@ def test_resume_refuses_other_settings(mini_v1, cells_v1, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError):
         _run(tmp_path, mini_v1, cells_v1, **kw)
     monkeypatch.setattr(P, "_part_done_hook", lambda i: None)
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(ValueError, match=r"different run.*--no-resume"):
         _run(tmp_path, mini_v1, cells_v1, **{**kw, "emb_mode": "cell"})
     _run(tmp_path, mini_v1, cells_v1, resume=False, **{**kw, "emb_mode": "cell"})
     assert not glob.glob(str(tmp_path / "*gene_embs*"))
@@ -772,3 +772,11 @@ def test_cli_perturb(gold, cells_v1, tmp_path):
     assert res.exit_code == 2 and "NOT_A_GENE" in res.output
     res = runner.invoke(app, ["perturb", "--help"])
     assert res.exit_code == 0 and "--state-key" in res.output
+
+
+def test_genes_absent_because_of_another_vocabulary_say_so(mini_v1, cells_v2, tmp_path):
+    """V2 cells, a V1 model, a named gene: the vocabulary mismatch, not "no cell expresses LYZ"."""
+    from geneformer._utils import InputError
+
+    with pytest.raises(InputError, match="tokenized with the V2 vocabulary"):
+        _run(tmp_path, mini_v1, cells_v2, genes_to_perturb=["ENSG00000090382"], model_version="V1", emb_mode="cell")

@@ -92,3 +92,23 @@ def test_medians_must_cover_vocabulary():
 def test_invalid_version():
     with pytest.raises(ValueError, match="V1' or 'V2"):
         GeneVocab.load("V3")
+
+
+def test_a_named_gene_mapping_file_must_be_readable(tmp_path):
+    """Only the published dictionaries' absence is a warning: a file the user names is an error."""
+    bad = tmp_path / "mapping.pkl"
+    bad.write_bytes(b"not a pickle")
+    with pytest.raises(VocabularyError, match="mapping.pkl"):
+        GeneVocab.load("V2", gene_mapping_file=bad)
+    with pytest.raises(VocabularyError, match="missing.json"):
+        GeneVocab.load("V2", gene_name_id_file=tmp_path / "missing.json")
+
+
+def test_mouse_style_symbols_are_warned_about(caplog):
+    v = GeneVocab.load("V2")
+    with caplog.at_level("WARNING", logger="geneformer.vocab._vocab"):
+        v.symbols_to_ensembl(["CD3E", "LYZ", "MS4A1", "C1orf112"] * 5)
+        assert "not upper case" not in caplog.text
+        ids = v.symbols_to_ensembl(["Cd3e", "Lyz2", "Ms4a1", "Cd19", "Gapdh", "Actb"] * 3)
+    assert "18 of 18 gene symbols are not upper case (e.g. 'Cd3e')" in caplog.text
+    assert ids[0] == v.symbols_to_ensembl(["CD3E"])[0] != ""  # still matched, but no longer silently

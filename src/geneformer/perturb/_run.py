@@ -29,7 +29,7 @@ from .._settings import settings
 from .._utils import ModelLoadError, compute_dtype, doc_params, itemsize, progress_bar, rank, resolve_device, world_size
 from .._utils._device import torch_threads
 from .._utils._docs import doc_device, doc_dtype, doc_progress
-from ..data import load_tokenized
+from ..data import as_sequences, load_tokenized
 from ..inference import auto_token_budget, validate_sequences
 from ..models import check_vocab_matches, load_model, model_vocab_version
 from ._engine import build_part, plan_parts, run_part
@@ -110,8 +110,14 @@ def run_perturbation(
     model = _load(model, spec, model_kind, num_labels, dev)
     model.to(dev)
     ds = load_tokenized(data)
-    sel = select_for(spec, ds)
-    validate_sequences(sel.seqs, model, what=f"{data}" if isinstance(data, (str, os.PathLike)) else "the dataset")
+    what = f"{data}" if isinstance(data, (str, os.PathLike)) else "the dataset"
+    try:
+        sel = select_for(spec, ds)
+    except ValueError:
+        # "no cell expresses GENE" is what data of another vocabulary looks like: say that instead
+        validate_sequences(as_sequences(ds.select(range(min(len(ds), 1000)))), model, what=what)
+        raise
+    validate_sequences(sel.seqs, model, what=what)
     rs = run_settings(spec, model, sel)
     state_embs = spec.state_matrix
     if state_embs is not None and state_embs.shape[1] != int(model.config.hidden_size):

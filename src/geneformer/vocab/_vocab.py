@@ -158,6 +158,21 @@ def convert_dict_file(path: str | os.PathLike, output: str | os.PathLike | None 
     return dst
 
 
+def _warn_mouse_style(symbols: list[str]) -> None:
+    """Warn when most symbols are written like mouse genes (``Cd3e``): the vocabularies are human and
+    symbols match case-insensitively, so mouse data would be read as the human orthologues' names."""
+    named = [s for s in symbols if s and s.lower() != s.upper()]
+    if len(named) < 10:  # a few genes typed by hand say nothing about the data's species
+        return
+    mixed = sum(1 for s in named if s != s.upper() and "orf" not in s)  # C1orf112 is human
+    if mixed > 0.5 * len(named):
+        example = next(s for s in named if s != s.upper() and "orf" not in s)
+        logger.warning(
+            "%d of %d gene symbols are not upper case (e.g. %r), as mouse symbols are; the vocabulary is human "
+            "and symbols are matched case-insensitively, so mouse genes become the human genes of the same "
+            "name. Map mouse data to human Ensembl IDs first.", mixed, len(named), example)
+
+
 @dataclass
 class GeneVocab:
     """A gene vocabulary: token ids, non-zero gene medians, symbol→Ensembl and Ensembl mapping.
@@ -203,11 +218,15 @@ class GeneVocab:
         try:
             name_id = load_dict_file(resolve_dict_file("gene_name_id", version, gene_name_id_file))
         except VocabularyError as exc:
+            if gene_name_id_file is not None:  # a file the user named must be readable
+                raise
             logger.warning("No gene symbol dictionary (%s); symbols cannot be mapped.", exc)
             name_id = {}
         try:
             mapping = load_dict_file(resolve_dict_file("ensembl_mapping", version, gene_mapping_file))
         except VocabularyError as exc:
+            if gene_mapping_file is not None:
+                raise
             logger.warning("No Ensembl mapping dictionary (%s); using an identity mapping.", exc)
             mapping = {}
         custom = any(f is not None for f in (token_dictionary_file, gene_median_file))
@@ -351,8 +370,9 @@ class GeneVocab:
         upper = {k.upper(): v for k, v in name_id.items()} if name_id else {}
         mapping = self.ensembl_mapping
         out = []
+        symbols = ["" if s is None else str(s).strip() for s in symbols]
+        _warn_mouse_style(symbols)
         for s in symbols:
-            s = "" if s is None else str(s).strip()
             e = name_id.get(s) or upper.get(s.upper()) or mapping.get(s.upper()) or ""
             out.append(e)
         return np.array(out, dtype=object)
