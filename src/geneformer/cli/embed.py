@@ -65,6 +65,7 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     from ..data import check_columns, column_values, downsample_and_sort, load_tokenized
     from ..embeddings import _outputs as outputs
     from ..embeddings import cell_embeddings, gene_embeddings
+    from .._utils import InputFileError
     from ..io import read_anndata
     from ..models import load_model, model_input_size, model_vocab_version
     from ..tokenization import match_and_tokenize
@@ -79,8 +80,11 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
         if version is None:
             raise ValueError(f"Model {model_name} has a custom vocabulary; tokenize the .h5ad with its vocabulary "
                              "(`geneformer tokenize --vocab FOLDER`) and embed the dataset.")
-        dataset, _ = match_and_tokenize(adata, version, gene_names=gene_names, model_input_size=model_input_size(model),
-                                        progress=progress)
+        try:
+            dataset, _ = match_and_tokenize(adata, version, gene_names=gene_names,
+                                            model_input_size=model_input_size(model), progress=progress)
+        except InputFileError as exc:  # the AnnData is in memory by now: name the file it came from
+            raise InputFileError(f"{input}: {exc}") from exc
     else:
         dataset = load_tokenized(input)
     check_columns(dataset, labels)

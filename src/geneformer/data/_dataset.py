@@ -25,6 +25,8 @@ def load_dataset_folder(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"Tokenized dataset {path} does not exist.")
     try:
         return datasets.load_from_disk(str(path))
+    except IndexError as exc:  # datasets cannot reopen a saved dataset of zero rows
+        raise InputFileError(f"Dataset {path} has no cells; nothing to run on.") from exc
     except (FileNotFoundError, ValueError, OSError, KeyError, TypeError) as exc:
         raise InputFileError(
             f"{path} is not a Hugging Face dataset folder (save_to_disk output) ({exc}). "
@@ -49,6 +51,8 @@ def load_tokenized(data: Any) -> "datasets.Dataset":  # noqa: F821
             ds = next(iter(ds.values()))
     if "input_ids" not in ds.column_names:
         raise KeyError(f"{where} has no 'input_ids' column (columns: {ds.column_names}); tokenize it first.")
+    if len(ds) == 0 and where != "The dataset":
+        raise InputFileError(f"{where} has no cells; nothing to run on (was it tokenized from an empty file?).")
     return ds
 
 

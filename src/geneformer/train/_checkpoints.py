@@ -3,7 +3,7 @@
 The Trainer writes a checkpoint in place (weights, then optimizer, scheduler and RNG states, then
 ``trainer_state.json`` last), so a run killed while saving leaves the highest-numbered folder
 incomplete, and resuming from it fails or silently restarts the schedule. A checkpoint counts as
-complete when its ``trainer_state.json`` parses, its weights file has a readable header and its
+complete when its ``trainer_state.json`` parses, its model folder is readable (weights header) and its
 optimizer archive (when there is one) has its central directory; resuming falls back to the newest
 complete checkpoint.
 """
@@ -17,7 +17,8 @@ import re
 import zipfile
 from pathlib import Path
 
-from .._utils import InputFileError
+from .._utils import InputFileError, ModelLoadError
+from ..models import check_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +45,10 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
         return "no trainer_state.json (the save did not finish)"
     except (OSError, ValueError) as exc:
         return f"trainer_state.json is unreadable ({exc})"
-    weights = [folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()]
-    if not weights:
-        return "no model weights"
-    if weights[0].suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(weights[0]), framework="pt") as fh:
-                list(fh.keys())
-        except Exception as exc:  # noqa: BLE001 - truncated or garbage bytes fail in several ways
-            return f"{weights[0].name} is unreadable ({exc})"
+    try:
+        check_model_folder(folder)
+    except ModelLoadError as exc:
+        return str(exc)
     for name in ("optimizer.pt", "scheduler.pt"):
         p = folder / name
         if p.is_file():

@@ -66,9 +66,11 @@ class FinetuneResult:
 
 def model_vocab_version(model: str | os.PathLike) -> str:
     """"V1"/"V2" of a model folder (from ``vocab_size``) or zoo name."""
-    from ..models import get_spec, vocab_version_for_size
+    from ..models import check_model_folder, get_spec, vocab_version_for_size
 
     path = Path(model)
+    if path.is_dir():
+        check_model_folder(path)  # before the data are prepared: a bad folder leaves nothing behind
     if (path / "config.json").is_file():
         meta = path / "geneformer_finetune.json"
         if meta.is_file() and json.loads(meta.read_text()).get("model_version"):
