@@ -77,7 +77,8 @@ def _candidates(folder: Path, version: str, name: str) -> list[Path]:
 
 
 def resolve_dict_file(kind: str, version: str = "V2", path: str | os.PathLike | None = None) -> Path:
-    """Find one published dictionary file: explicit path, ``settings.dicts_dir``, cache, then the hub."""
+    """Find one published dictionary file: explicit path, ``settings.dicts_dir``, cache, then the hub
+    (in a folder, ``NAME.json`` from ``geneformer convert-dict`` is preferred to the pickle ``NAME.pkl``)."""
     version = check_model_version(version)
     if kind not in DICT_FILES[version]:
         raise ValueError(f"Unknown dictionary kind {kind!r}; expected one of {list(DICT_FILES[version])}.")
@@ -92,8 +93,9 @@ def resolve_dict_file(kind: str, version: str = "V2", path: str | os.PathLike | 
         if not folder:
             continue
         for cand in _candidates(Path(folder).expanduser(), version, name):
-            if cand.is_file():
-                return cand
+            for c in (cand.with_suffix(".json"), cand):  # a converted dictionary (convert-dict) is never unpickled
+                if c.is_file():
+                    return c
         searched.append(str(folder))
     try:
         return _download_from_hub(version, name)
