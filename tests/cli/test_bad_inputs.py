@@ -128,6 +128,16 @@ def env(tmp_path_factory, data_dir, golden_dir):
     (d / "run2" / "checkpoint-5").mkdir(parents=True)  # killed mid-save: no trainer_state.json
     (d / "run2" / "checkpoint-5" / "model.safetensors").write_bytes(w[:50])
     (d / "isp").mkdir()
+    # a complete-looking checkpoint whose optimizer state is a code-carrying pickle
+    import torch
+
+    evil_ckpt = shutil.copytree(models / "mini-V1", d / "run3" / "checkpoint-1")
+    (evil_ckpt / "trainer_state.json").write_text(
+        '{"global_step": 1, "epoch": 0.5, "max_steps": 2, "logging_steps": 50, "eval_steps": 1000, '
+        '"save_steps": 1000, "train_batch_size": 12, "num_train_epochs": 1, "log_history": [], "total_flos": 0, '
+        '"best_metric": null, "best_model_checkpoint": null, "stateful_callbacks": {}}')
+    torch.save({"state": _Evil(d / "PWNED")}, evil_ckpt / "optimizer.pt")
+    torch.save({"last_epoch": 1}, evil_ckpt / "scheduler.pt")
     return e
 
 
@@ -267,6 +277,8 @@ CASES = [
     ("pre-resume-nothing", "pretrain {d}/v1.dataset -o {d}/pout2 -c tiny --vocab V1 --resume", ["No checkpoint"]),
     ("pre-resume-incomplete", "pretrain {d}/v1.dataset -o {d}/run2 -c tiny --vocab V1 --resume",
      ["No checkpoint", "run2"]),
+    ("pre-resume-evil", "pretrain {d}/v1.dataset -o {d}/run3 --from-checkpoint {m1} --resume --max-steps 2",
+     ["checkpoint-1"]),
     ("pre-batch-0", "pretrain {d}/v1.dataset -o {d}/pout -c tiny --vocab V1 --batch-size 0", ["batch"]),
     # ---- finetune / predict ----
     ("ft-batch-0", "finetune {d}/v1.dataset -m {m1} -l cell_type -o {d}/ft -b 0", ["batch_size"]),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from transformers import BertConfig, TrainerCallback
 
-from .._utils import OutputExistsError, bf16_supported, check_positive_int, rank, trainer_device_args
+from .._utils import InputFileError, OutputExistsError, bf16_supported, check_positive_int, rank, trainer_device_args
 from ..models import GeneformerForMaskedLM, load_model, vocab_version_for_size
 from ..vocab import GeneVocab, as_vocab
 from ._architectures import load_config, preset_vocab_version
@@ -288,7 +289,14 @@ def pretrain(
         model=model, args=args, data_collator=collator, train_dataset=train_ds, eval_dataset=eval_ds,
         callbacks=list(callbacks or []), fused_attention_dropout=fused_attention_dropout,
     )
-    train_out = trainer.train(resume_from_checkpoint=resume)
+    try:
+        train_out = trainer.train(resume_from_checkpoint=resume)
+    except pickle.UnpicklingError as exc:  # torch's weights-only loader refused a checkpoint file
+        if resume is None:
+            raise
+        reason = next((ln.strip() for ln in reversed(str(exc).splitlines()) if ln.strip()), str(exc))
+        raise InputFileError(f"Checkpoint {resume} holds a file that is not plain tensor data, refused: {reason} "
+                             "Delete that checkpoint, or resume from another one.") from exc
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
 
     # the final model: every process takes part in saving (DeepSpeed gathers), rank 0 writes
