@@ -38,6 +38,8 @@ CELL_ID_COLUMNS = ("unique_cell_id", "cell_id", "cell_ids", "cell_barcode", "bar
                    "obs_names", "cell_name")
 #: Column carrying an AnnData's obs position through tokenization, to write results back in place.
 ROW_COLUMN = "_gf_row"
+#: Columns the tokenizer writes itself: a carried cell attribute may not take one of these names.
+RESERVED_COLUMNS = ("input_ids", "length", "counts", ROW_COLUMN)
 
 # ---- modes -------------------------------------------------------------------------------------
 EmbMode = Literal["cell", "cls", "gene"]

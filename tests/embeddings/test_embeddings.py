@@ -422,17 +422,9 @@ def test_process_data_real_tokenizer(golden_dir, data_dir):
 # ---- CLI ----------------------------------------------------------------------------------------
 def test_embed_cli(golden_dir, small, tmp_path):
     import anndata as ad
-    import typer
     from typer.testing import CliRunner
 
-    from geneformer.cli import embed as embed_cli
-
-    app = typer.Typer()
-    embed_cli.register(app)
-
-    @app.command("noop")
-    def _noop():
-        pass
+    from geneformer.cli.main import app  # the real app: its commands carry the error guard
 
     folder = tmp_path / "small.dataset"
     small.select(range(6)).save_to_disk(str(folder))

@@ -16,8 +16,14 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
 from geneformer.data import as_sequences
-from geneformer.inference import _forward
-from geneformer.inference import auto_token_budget, collate, forward_first_position, forward_hidden, iter_forward
+from geneformer.inference import (
+    _forward,
+    auto_token_budget,
+    collate,
+    forward_first_position,
+    forward_hidden,
+    iter_forward,
+)
 from geneformer.models import attention_backend, make_packing, pack, unpack, varlen_attention
 
 

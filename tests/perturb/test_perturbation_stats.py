@@ -433,3 +433,28 @@ def test_core_stats_functions(golden_dir, tmp_path, vocab_v1):
     pd.testing.assert_frame_equal(aggregate_gene_shifts(shifts, gene_names(vocab_v1), group=True), ref)
     with pytest.raises(ValueError, match="mode must be one of"):
         stats_spec("nope", vocab="V1")
+
+
+# ---- the results' vocabulary ----------------------------------------------------------------------
+def test_stats_refuse_results_of_another_vocabulary(golden_dir, tmp_path):
+    """V1 results named with V2 would give wrong names (and NaN beyond V2's size): refused."""
+    from geneformer._utils import VocabularyError
+    from geneformer.perturb import perturbation_stats, stats_spec
+
+    with pytest.raises(VocabularyError, match=r"beyond the V2 vocabulary.*--model-version V1"):
+        perturbation_stats(golden_dir / "perturb" / "V1_delete_all", tmp_path, "x", stats_spec(vocab="V2"))
+    assert not (tmp_path / "x.csv").exists()
+
+    # a run's own record of its vocabulary is believed even when every id would fit
+    import shutil
+
+    src = golden_dir / "perturb" / "V2_kang_goal_delete_all"
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    (run / "in_silico_delete_goal_vocab.json").write_text('{"model_version": "V1", "vocab_size": 25426}')
+    spec = stats_spec("goal_state_shift", vocab="V2", cell_states_to_model={
+        "state_key": "condition", "start_state": "ctrl", "goal_state": "stim", "alt_states": []})
+    with pytest.raises(VocabularyError, match=r"made with the V1 vocabulary.*in_silico_delete_goal_vocab.json"):
+        perturbation_stats(run, tmp_path, "y", spec)
+    (run / "in_silico_delete_goal_vocab.json").write_text('{"model_version": "V2", "vocab_size": 20275}')
+    assert len(perturbation_stats(run, tmp_path, "y", spec)) > 0

@@ -586,7 +586,7 @@ def test_resume_refuses_other_settings(mini_v1, cells_v1, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError):
         _run(tmp_path, mini_v1, cells_v1, **kw)
     monkeypatch.setattr(P, "_part_done_hook", lambda i: None)
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(ValueError, match=r"different run.*--no-resume"):
         _run(tmp_path, mini_v1, cells_v1, **{**kw, "emb_mode": "cell"})
     _run(tmp_path, mini_v1, cells_v1, resume=False, **{**kw, "emb_mode": "cell"})
     assert not glob.glob(str(tmp_path / "*gene_embs*"))
@@ -745,7 +745,14 @@ def test_perturb_api_computes_state_embeddings(mini_v2, cells_v2, tmp_path):
 
     df = perturb(cells_v2, mini_v2, "all", state_key="condition", start_state="ctrl", goal_state="stim",
                  output_dir=tmp_path, prefix="goal", progress=False)
-    assert (tmp_path / "state_embs.pkl").is_file()
+    from geneformer.embeddings import load_state_embs
+
+    saved = load_state_embs(tmp_path / "state_embs.safetensors")  # ours: safetensors, not a pickle
+    assert list(saved) == ["ctrl", "stim"] and saved["ctrl"].ndim == 1
+    import json  # the run records its vocabulary for perturb-stats to check
+
+    meta = json.loads((tmp_path / "in_silico_delete_goal_vocab.json").read_text())
+    assert meta == {"model_version": "V2", "vocab_size": mini_v2.config.vocab_size}
     assert set(df["state"]) == {"ctrl", "stim"} and df["affected"].isna().all()
     n_ctrl = sum(c == "ctrl" for c in cells_v2["condition"])
     assert df["cell"].nunique() == n_ctrl
@@ -770,3 +777,11 @@ def test_cli_perturb(gold, cells_v1, tmp_path):
     assert res.exit_code == 2 and "NOT_A_GENE" in res.output
     res = runner.invoke(app, ["perturb", "--help"])
     assert res.exit_code == 0 and "--state-key" in res.output
+
+
+def test_genes_absent_because_of_another_vocabulary_say_so(mini_v1, cells_v2, tmp_path):
+    """V2 cells, a V1 model, a named gene: the vocabulary mismatch, not "no cell expresses LYZ"."""
+    from geneformer._utils import InputError
+
+    with pytest.raises(InputError, match="tokenized with the V2 vocabulary"):
+        _run(tmp_path, mini_v1, cells_v2, genes_to_perturb=["ENSG00000090382"], model_version="V1", emb_mode="cell")

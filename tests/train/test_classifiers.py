@@ -528,6 +528,11 @@ def test_cli_finetune_and_predict(pbmc, tiny_v1, tmp_path):
     table = pd.read_csv(tmp_path / "p.csv")
     assert len(table) == 3 * N_PER_CLASS and {"cell_id", "pred_label", "prob_NK"} <= set(table.columns)
     assert set(table["pred_label"]) <= set(CLASSES)
+    before = (tmp_path / "p.csv").read_bytes()
+    again = ["predict", str(pbmc), "--model", str(out / "model"), "--output", str(tmp_path / "p.csv"), "-q"]
+    res = runner.invoke(app, again)
+    assert res.exit_code == 2 and "--overwrite" in res.output and (tmp_path / "p.csv").read_bytes() == before
+    assert runner.invoke(app, again + ["--overwrite"]).exit_code == 0
     res = runner.invoke(app, ["finetune", str(pbmc), "--model", str(tiny_v1), "--label", "nope", "--output",
                               str(tmp_path / "bad")])
     assert res.exit_code == 2 and "'nope'" in res.output
@@ -666,3 +671,26 @@ def test_bad_options():
         from geneformer.train import finetune
 
         finetune("x", "y", "z", classifier="cell")
+
+
+def test_classifier_pickles_go_through_the_restricted_loader(tmp_path):
+    """id-class dictionaries and prediction pickles a user hands us are never unpickled freely."""
+    import os
+    import pickle
+
+    from geneformer._utils import ClassifierDataError
+    from geneformer.train import load_id_class_dict, load_predictions
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    evil = tmp_path / "x_id_class_dict.pkl"
+    evil.write_bytes(pickle.dumps({0: "B", 1: RunsCode()}))
+    with pytest.raises(ValueError, match="x_id_class_dict.pkl.*refusing to load posix.system"):
+        load_id_class_dict(evil)
+    with pytest.raises(ClassifierDataError, match="refusing"):
+        load_predictions(evil)
+    assert not (tmp_path / "PWNED").exists()
+    (tmp_path / "ok.json").write_text('{"0": "B", "1": "NK"}')  # the JSON form (convert-dict) reads the same
+    assert load_id_class_dict(tmp_path / "ok.json") == {0: "B", 1: "NK"}

@@ -313,6 +313,48 @@ def test_resume_reproduces_uninterrupted_run(cells, tmp_path):
         assert b[step] == pytest.approx(a[step], abs=1e-5), step
 
 
+def test_resume_skips_a_checkpoint_killed_mid_save(cells, tmp_path, caplog):
+    """A kill while checkpoint-4 was being written (weights half there, no trainer_state.json): resume
+    falls back to checkpoint-2 and finishes the run; naming the broken one explicitly is refused."""
+    from geneformer._utils import InputFileError
+    from geneformer.train import pretrain
+
+    small = _crop(cells.select(range(16)), 64)
+    kw = dict(config="tiny", vocab="V1", batch_size=4, logging_steps=1, save_steps=2, seed=3, **QUIET)
+    pretrain(small, tmp_path / "run", max_steps=4, **kw)
+    broken = tmp_path / "run" / "checkpoint-4"
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (broken / "trainer_state.json").unlink()
+    with caplog.at_level("WARNING"):
+        resumed = pretrain(small, tmp_path / "run", max_steps=4, resume_from_checkpoint=True, **kw)
+    assert "Skipping incomplete checkpoint" in caplog.text and "checkpoint-4" in caplog.text
+    steps = [h["step"] for h in resumed.log_history if "loss" in h]
+    assert resumed.global_step == 4 and steps == [1, 2, 3, 4]  # 1-2 from checkpoint-2's history, 3-4 rerun
+    assert (broken / "trainer_state.json").is_file()  # the resumed run saved checkpoint-4 anew
+    (broken / "trainer_state.json").unlink()
+    with pytest.raises(InputFileError, match="checkpoint-4 cannot be resumed from: no trainer_state.json"):
+        pretrain(small, tmp_path / "run2", max_steps=4, resume_from_checkpoint=broken, **kw)
+
+
+def test_a_finished_run_is_not_mixed_with_a_new_one(cells, tmp_path):
+    from geneformer._utils import OptionError, OutputExistsError
+    from geneformer.train import pretrain
+
+    small = _crop(cells.select(range(8)), 32)
+    kw = dict(config="tiny", vocab="V1", batch_size=4, save_steps=1, **QUIET)
+    for bad in (0, -3):
+        with pytest.raises(OptionError, match="max_steps must be a positive integer"):
+            pretrain(small, tmp_path / "never", max_steps=bad, **kw)
+    pretrain(small, tmp_path / "run", max_steps=2, **kw)
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(OutputExistsError, match="--resume.*--overwrite"):
+        pretrain(small, tmp_path / "run", max_steps=1, **kw)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    pretrain(small, tmp_path / "run", max_steps=1, overwrite=True, **kw)
+    assert [p.name for p in (tmp_path / "run").glob("checkpoint-*")] == ["checkpoint-1"]
+
+
 def test_continual_learning_starts_from_checkpoint(trained, cells, tmp_path):
     from safetensors.torch import load_file
     from transformers import TrainerCallback

@@ -147,3 +147,84 @@ def test_ordered_map_keeps_task_order_across_workers():
     out = list(ordered_map(_square_after, tasks, nproc=2, window=4))
     assert [v for v, _ in out] == [i * i for i in range(6)]
     assert len({pid for _, pid in out}) == 2 and os.getpid() not in {pid for _, pid in out}
+
+
+# ---- restricted unpickler, stale temporaries, output lock ------------------------------------------
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_the_restricted_unpickler_rebuilds_tensors_and_refuses_code(tmp_path):
+    import pickle
+
+    from geneformer._utils import InputFileError, load_plain_file
+    from geneformer.embeddings import load_state_embs, save_state_embs
+
+    embs = {"ctrl": torch.randn(4), "stim": torch.arange(6.0).reshape(2, 3)[:, 1]}  # a strided view too
+    p = tmp_path / "states.pkl"
+    save_state_embs(embs, p)  # the reference's pickle of tensors
+    back = load_state_embs(p)
+    assert list(back) == ["ctrl", "stim"] and all(torch.equal(back[k], embs[k]) for k in embs)
+    save_state_embs(embs, tmp_path / "states.safetensors")
+    assert torch.equal(load_state_embs(tmp_path / "states.safetensors")["stim"], embs["stim"])
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"ctrl": _RunsCode(marker)}))
+    with pytest.raises(InputFileError, match=r"evil.pkl.*refusing to load posix.system"):
+        load_state_embs(evil)
+    plain = tmp_path / "tensor.pkl"
+    plain.write_bytes(pickle.dumps(torch.zeros(2)))
+    assert torch.equal(load_plain_file(plain), torch.zeros(2))
+    # code hidden inside a tensor's storage bytes is refused by torch's own restricted loader
+    from torch.storage import _load_from_bytes
+
+    class Sneaky:
+        def __reduce__(self):
+            import io
+
+            buf = io.BytesIO()
+            torch.save(_RunsCode(marker), buf)
+            return (_load_from_bytes, (buf.getvalue(),))
+
+    sneaky = tmp_path / "sneaky.pkl"
+    sneaky.write_bytes(pickle.dumps({"ctrl": Sneaky()}))
+    with pytest.raises(InputFileError, match="sneaky.pkl"):
+        load_state_embs(sneaky)
+    assert not marker.exists()
+
+
+def test_temporaries_of_dead_processes_are_removed_by_the_next_writer(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale_file = tmp_path / f".out.json.tmp-{dead.pid}.json"
+    stale_dir = tmp_path / f".out.dataset.tmp-{dead.pid}"
+    live = tmp_path / f".out.json.tmp-{os.getppid()}.json"  # a live process's work is left alone
+    stale_file.write_text("half")
+    stale_dir.mkdir()
+    live.write_text("busy")
+    write_json(tmp_path / "out.json", {"a": 1})
+    assert not stale_file.exists() and live.exists()
+    with atomic_folder(tmp_path / "out.dataset") as work:
+        (work / "x").write_text("1")
+    assert not stale_dir.exists() and (tmp_path / "out.dataset" / "x").is_file()
+
+
+def test_an_output_being_written_is_locked(tmp_path):
+    from geneformer._utils import OutputLockedError, lock_path, output_lock
+
+    target = tmp_path / "cells.dataset"
+    with output_lock(target, "tokenize run"):
+        with pytest.raises(OutputLockedError, match=rf"cells.dataset is being written by another tokenize run "
+                                                    rf"\(process {os.getpid()}"):
+            with output_lock(target, "tokenize run"):
+                pass
+    assert not lock_path(target).exists()
+    with output_lock(target):  # released: free again
+        pass

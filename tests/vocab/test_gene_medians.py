@@ -278,16 +278,7 @@ def test_vocab_genes_are_mapped_by_the_vocabulary(pbmc):
 # ---- CLI -----------------------------------------------------------------------------------------
 @pytest.fixture()
 def cli_app():
-    import typer
-
-    from geneformer.cli import build_vocab as cmd
-
-    app = typer.Typer()
-    cmd.register(app)
-
-    @app.callback()
-    def _root() -> None:  # keep sub-command names with a single command registered
-        pass
+    from geneformer.cli.main import app  # the real app: its commands carry the error guard
 
     return app
 
@@ -327,6 +318,16 @@ def test_cli_build_vocab(cli_app, pbmc, tmp_path, reference):
 
     res = runner.invoke(cli_app, ["build-vocab", str(tmp_path / "missing.h5ad"), "--output", str(out)])
     assert res.exit_code == 2 and "missing.h5ad" in res.output
+
+    # an existing vocabulary is refused (naming the flag, nothing changed) unless --overwrite
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = runner.invoke(cli_app, ["build-vocab", str(a), "--output", str(out), "--name", "pbmc"])
+    assert res.exit_code == 2 and "--overwrite" in res.output and "Traceback" not in res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    res = runner.invoke(cli_app, ["build-vocab", str(a), "--output", str(out), "--name", "pbmc", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert GeneVocab.from_dir(out).gene_medians != pytest.approx(reference[0], rel=1e-12)  # the first half only
+    assert (out / "gene_digests_pbmc.npz").read_bytes() == before["gene_digests_pbmc.npz"]  # not asked: kept
 
     res = runner.invoke(cli_app, ["build-vocab", "--help"])
     assert res.exit_code == 0 and "Examples" in res.output and "--min-cells" in res.output

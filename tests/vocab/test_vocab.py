@@ -92,3 +92,48 @@ def test_medians_must_cover_vocabulary():
 def test_invalid_version():
     with pytest.raises(ValueError, match="V1' or 'V2"):
         GeneVocab.load("V3")
+
+
+def test_a_named_gene_mapping_file_must_be_readable(tmp_path):
+    """Only the published dictionaries' absence is a warning: a file the user names is an error."""
+    bad = tmp_path / "mapping.pkl"
+    bad.write_bytes(b"not a pickle")
+    with pytest.raises(VocabularyError, match="mapping.pkl"):
+        GeneVocab.load("V2", gene_mapping_file=bad)
+    with pytest.raises(VocabularyError, match="missing.json"):
+        GeneVocab.load("V2", gene_name_id_file=tmp_path / "missing.json")
+
+
+def test_mouse_style_symbols_are_warned_about(caplog):
+    v = GeneVocab.load("V2")
+    with caplog.at_level("WARNING", logger="geneformer.vocab._vocab"):
+        v.symbols_to_ensembl(["CD3E", "LYZ", "MS4A1", "C1orf112"] * 5)
+        assert "not upper case" not in caplog.text
+        ids = v.symbols_to_ensembl(["Cd3e", "Lyz2", "Ms4a1", "Cd19", "Gapdh", "Actb"] * 3)
+    assert "18 of 18 gene symbols are not upper case (e.g. 'Cd3e')" in caplog.text
+    assert ids[0] == v.symbols_to_ensembl(["CD3E"])[0] != ""  # still matched, but no longer silently
+
+
+def test_published_dictionaries_converted_to_json_replace_the_pickles(tmp_path, monkeypatch):
+    """`geneformer convert-dict` once; afterwards the vocabulary loads from JSON, nothing is unpickled."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from geneformer.cli.main import app
+
+    original = GeneVocab.load("V2")
+    folder = tmp_path / "dicts" / "V2"
+    folder.mkdir(parents=True)
+    from geneformer.vocab import DICT_FILES
+
+    for kind, name in DICT_FILES["V2"].items():
+        shutil.copy(resolve_dict_file(kind, "V2"), folder / name)
+        res = CliRunner().invoke(app, ["convert-dict", str(folder / name)])
+        assert res.exit_code == 0, res.output
+        (folder / name).unlink()
+    monkeypatch.setenv("GENEFORMER_DICTS_DIR", str(tmp_path / "dicts"))
+    assert resolve_dict_file("token_dictionary", "V2").suffix == ".json"
+    again = GeneVocab.load("V2")
+    assert again.token_dict == original.token_dict and again.gene_medians == original.gene_medians
+    assert again.gene_name_id == original.gene_name_id and again.ensembl_mapping == original.ensembl_mapping

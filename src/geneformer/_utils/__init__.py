@@ -5,8 +5,11 @@ from ._atomic import (
     atomic_folder,
     atomic_path,
     json_default,
+    lock_path,
     move_contents,
+    output_lock,
     refuse_existing,
+    remove_stale_temporaries,
     save_dataset,
     save_figure,
     temp_path,
@@ -49,12 +52,14 @@ from ._errors import (
     InputFileError,
     ModelLoadError,
     OptionError,
+    OutputExistsError,
+    OutputLockedError,
     QuantizationError,
     VocabularyError,
 )
 from ._hub import hub_offline
 from ._optional import optional_module
-from ._pickle import PlainDataUnpickler, load_plain
+from ._pickle import PlainDataUnpickler, load_plain, load_plain_file
 from ._progress import progress_bar, show_progress
 from ._shards import (
     Shard,
@@ -74,12 +79,14 @@ from ._shards import (
     shards_dir,
 )
 from ._validation import (
+    check_attr_map,
     check_cell_states,
     check_choice,
     check_columns_listed,
     check_emb_layer,
     check_filter_data,
     check_fraction,
+    check_inputs_exist,
     check_model_version,
     check_positive_int,
     state_list,
@@ -87,7 +94,7 @@ from ._validation import (
 from ._workers import WorkerError, ordered_map
 
 __all__ = [
-    "ClassifierDataError", "CorpusError", "GeneformerError", "InputError", "InputFileError", "ModelLoadError",
+    "ClassifierDataError", "check_attr_map", "CorpusError", "GeneformerError", "InputError", "InputFileError", "ModelLoadError",
     "OptionError", "PlainDataUnpickler", "QuantizationError", "VocabularyError", "WorkerError", "atomic_folder",
     "atomic_path", "autocast", "json_default", "bf16_supported", "check_cell_states", "check_choice", "check_columns_listed",
     "check_emb_layer", "check_filter_data", "check_fraction", "check_model_version", "check_positive_int",
@@ -100,4 +107,5 @@ __all__ = [
     "mark_shard_done", "parse_shard", "shard_bounds", "shard_done", "shard_part", "shard_record", "shards_dir",
     "barrier", "init_distributed", "local_rank", "model_digest",
     "cgroup_cpu_quota", "limit_cpu_threads",
+    "OutputExistsError", "OutputLockedError", "check_inputs_exist", "load_plain_file", "lock_path", "output_lock", "remove_stale_temporaries",
 ]

@@ -41,3 +41,11 @@ class ClassifierDataError(GeneformerError, ValueError):
 
 class QuantizationError(GeneformerError, ValueError):
     """Quantization was asked for where it cannot run."""
+
+
+class OutputExistsError(GeneformerError, FileExistsError):
+    """An output already exists and replacing it was not asked for (the message names the flag)."""
+
+
+class OutputLockedError(GeneformerError, RuntimeError):
+    """Another run is writing the same output right now."""

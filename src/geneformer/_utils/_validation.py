@@ -5,10 +5,12 @@ command line all check through here."""
 from __future__ import annotations
 
 import numbers
+import os
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .._constants import VERSIONS
-from ._errors import OptionError
+from .._constants import RESERVED_COLUMNS, ROW_COLUMN, VERSIONS
+from ._errors import InputFileError, OptionError
 
 _STATE_KEYS = ("state_key", "start_state", "goal_state", "alt_states")
 
@@ -125,6 +127,44 @@ def state_list(cell_states: Mapping[str, Any] | None) -> list:
     if not cell_states:
         return []
     return [cell_states["start_state"], cell_states["goal_state"], *cell_states["alt_states"]]
+
+
+def check_attr_map(custom_attr_name_dict: Any) -> dict[str, str]:
+    """``{input column: output column}`` of carried cell attributes (None: none).
+
+    An output name may not be one the tokenizer writes itself (``input_ids``, ``length``, ``counts``,
+    ``_gf_row``), and two attributes may not be renamed onto one name: either would silently replace
+    data in the output.
+    """
+    if custom_attr_name_dict is None:
+        return {}
+    if not isinstance(custom_attr_name_dict, Mapping):
+        raise OptionError("custom_attr_name_dict must be a dict {input column: output column}; got "
+                          f"{type(custom_attr_name_dict).__name__}.")
+    out = dict(custom_attr_name_dict)
+    reserved = [(k, v) for k, v in out.items() if v in RESERVED_COLUMNS and not (k == v == ROW_COLUMN)]
+    if reserved:
+        src, dst = reserved[0]
+        raise OptionError(f"Cell attribute {src!r} cannot be written as {dst!r} (custom_attr_name_dict, --attr): "
+                          f"{', '.join(RESERVED_COLUMNS)} are the tokenizer's own columns. Choose another name "
+                          f"(--attr {src}=NEW_NAME).")
+    seen: dict[str, str] = {}
+    for src, dst in out.items():
+        if dst in seen:
+            raise OptionError(f"Cell attributes {seen[dst]!r} and {src!r} are both written as {dst!r} "
+                              "(custom_attr_name_dict, --attr); give each its own output name.")
+        seen[dst] = src
+    return out
+
+
+def check_inputs_exist(paths: Iterable[str | os.PathLike], what: str = "Input") -> list[Path]:
+    """The input paths, each of which must exist: checked before any output is refused or any work
+    starts, so that a typo in an input is reported as such."""
+    out = [Path(p) for p in paths]
+    for p in out:
+        if not p.exists():
+            raise InputFileError(f"{what} {p} does not exist.")
+    return out
 
 
 def check_columns_listed(name: str, columns: Any) -> list[str] | None:

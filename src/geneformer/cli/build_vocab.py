@@ -58,24 +58,22 @@ def build_vocab_command(
                                       help="Also write gene_digests_NAME.npz to merge with later corpora."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Do only slice I of N (from 0) into a part beside "
                                         "the output; then `geneformer merge OUTPUT`. A finished shard is not redone."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="With --shard: redo a finished shard."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an existing vocabulary in "
+                                   "--output; with --shard, redo a finished shard."),
 ) -> None:
     """Estimate non-zero gene medians over a corpus and write a new gene vocabulary."""
-    from .._utils import InputFileError
+    from .._utils import check_inputs_exist
     from ..vocab import build_corpus_vocab
 
+    check_inputs_exist(inputs)
     data = [str(p) for p in inputs if p.suffix != ".npz"]
     saved = [p for p in inputs if p.suffix == ".npz"]
-    try:
-        done = build_corpus_vocab(
-            data, output, name=name, special_tokens=special_tokens, min_cells=min_cells, saved_digests=saved,
-            save_digests=save_digests, shard=shard, overwrite=overwrite, file_format=file_format,
-            gene_id_column=gene_id_column, exact=exact, chunk_size=chunk_size, nproc=nproc,
-            gene_filter=_GeneTypeFilter("gene_type", gene_type) if gene_type else None,
-        )
-    except (InputFileError, ValueError, KeyError, OSError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+    done = build_corpus_vocab(
+        data, output, name=name, special_tokens=special_tokens, min_cells=min_cells, saved_digests=saved,
+        save_digests=save_digests, shard=shard, overwrite=overwrite, file_format=file_format,
+        gene_id_column=gene_id_column, exact=exact, chunk_size=chunk_size, nproc=nproc,
+        gene_filter=_GeneTypeFilter("gene_type", gene_type) if gene_type else None,
+    )
     digests, vocab = done.digests, done.vocab
     if vocab is None:
         typer.echo(f"shard {shard}: {digests.n_cells} cells sketched into {done.path}; "

@@ -48,25 +48,30 @@ def embed_command(
         None, "--shard", help="I/N: embed only slice I (from 0) of N; then `geneformer merge OUTPUT`."
     ),
     chunk_rows: int = typer.Option(4096, "--chunk-rows", help="Cells per chunk file (the unit of resuming)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file (with --shard: "
+                                   "redo the shard)."),
 ) -> None:
+    from .._utils import InputFileError, check_positive_int, refuse_existing
     from ..embeddings import output_format
 
-    try:
-        fmt = output_format(output, fmt)
-        _run(input, model, output, mode, emb_layer, label or [], max_ncells, batch_size, device, dtype, fmt,
-             gene_names, not quiet, shard, chunk_rows)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+    fmt = output_format(output, fmt)
+    if output.is_dir():
+        raise InputFileError(f"--output {output} is a folder; give a file name (.h5ad, .parquet, .csv or .pt).")
+    if shard is None:  # a shard writes its part beside the output, not the output
+        refuse_existing(output, overwrite)
+    check_positive_int("--max-ncells", max_ncells, allow_none=True)
+    check_positive_int("--batch-size", batch_size, allow_none=True)
+    _run(input, model, output, mode, emb_layer, label or [], max_ncells, batch_size, device, dtype, fmt,
+         gene_names, not quiet, shard, chunk_rows, resume=not overwrite)
 
 
 def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_size, device, dtype, fmt,
-         gene_names, progress, shard=None, chunk_rows=4096) -> None:
-    import anndata as ad
+         gene_names, progress, shard=None, chunk_rows=4096, resume=True) -> None:
 
+    from .._utils import InputFileError
     from ..data import load_tokenized
     from ..embeddings import embed_to_file
+    from ..io import read_anndata
     from ..models import load_model, model_input_size, model_vocab_version
     from ..tokenization import match_and_tokenize
 
@@ -75,13 +80,16 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     model = load_model(model_name, device=device)
     adata = None
     if input.suffix == ".h5ad":
-        adata = ad.read_h5ad(input)
+        adata = read_anndata(input)
         version = model_vocab_version(model)
         if version is None:
             raise ValueError(f"Model {model_name} has a custom vocabulary; tokenize the .h5ad with its vocabulary "
                              "(`geneformer tokenize --vocab FOLDER`) and embed the dataset.")
-        dataset, _ = match_and_tokenize(adata, version, gene_names=gene_names, model_input_size=model_input_size(model),
-                                        progress=progress)
+        try:
+            dataset, _ = match_and_tokenize(adata, version, gene_names=gene_names,
+                                            model_input_size=model_input_size(model), progress=progress)
+        except InputFileError as exc:  # the AnnData is in memory by now: name the file it came from
+            raise InputFileError(f"{input}: {exc}") from exc
         if shard is not None:
             adata = input  # a shard's merge reads the source again
     else:
@@ -89,7 +97,7 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     path = embed_to_file(model, dataset, output, mode=mode, emb_layer=emb_layer, labels=labels, max_ncells=max_ncells,
                          batch_size=batch_size, device=device, dtype=dtype, fmt=fmt,
                          adata=adata if fmt == "h5ad" else None, shard=shard, chunk_rows=chunk_rows,
-                         progress=progress)
+                         resume=resume, progress=progress)
     if path is not None:  # None: another rank's process, or a shard (the log says how to merge)
         typer.echo(f"Wrote {mode} embeddings to {output}")
 

@@ -100,12 +100,13 @@ def predict_command(
     batch_size: int = typer.Option(100, "--batch-size", "-b", help="Cells per forward batch."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     from ..train import predict
 
     try:
         table = predict(dataset, model, output, batch_size=batch_size, device=device,
-                        progress=False if quiet else None)
+                        progress=False if quiet else None, overwrite=overwrite)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"Wrote {len(table)} predictions to {output}")

@@ -8,6 +8,8 @@ from typing import Callable
 
 import typer
 
+from ._errors import guarded
+
 app = typer.Typer(
     name="geneformer",
     help="Geneformer: tokenize single-cell data, embed, perturb and fine-tune transformer models.",
@@ -18,12 +20,19 @@ app = typer.Typer(
 
 # Each module defines ``register(app)``; add a stage by adding its module here.
 COMMAND_MODULES = ["tokenize", "build_vocab", "embed", "models", "pretrain", "finetune", "perturb", "perturb_stats",
-                   "merge"]
+                   "merge", "convert_dict"]
+
+
+def guard_commands(typer_app: typer.Typer) -> None:
+    """Wrap every registered command so that bad input ends as ``error: ...`` and exit 2 (see ``_errors``)."""
+    for info in typer_app.registered_commands:
+        info.callback = guarded(info.callback)
 
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(f"geneformer.cli.{name}").register(app)
+    guard_commands(app)
 
 
 @app.callback()
@@ -47,6 +56,7 @@ def run_command(register: "Callable[[typer.Typer], None]") -> None:
     form ``torchrun -m`` launches) with the arguments of ``geneformer <command>``."""
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     register(single)
+    guard_commands(single)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     single()
 

@@ -40,10 +40,13 @@ def perturb_stats(
     goal_state: Optional[str] = typer.Option(None, "--goal-state", help="Goal state."),
     alt_state: List[str] = typer.Option([], "--alt-state", help="Alternative state (repeat)."),
     pickle_suffix: str = typer.Option("_raw.pickle", "--pickle-suffix", help="Suffix of the result files."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUTPUT/PREFIX.csv."),
 ) -> None:
     """Compute perturbation statistics (in silico perturber stats) and write them as a CSV."""
-    from .._utils import VocabularyError
+    from .._utils import VocabularyError, refuse_existing
     from ..perturb import perturbation_stats, stats_spec
+
+    refuse_existing(output / f"{prefix}.csv", overwrite)
 
     states = None
     if any(v is not None for v in (state_key, start_state, goal_state)) or alt_state:

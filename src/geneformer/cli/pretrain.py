@@ -49,7 +49,8 @@ def pretrain_command(
     save_steps: int = typer.Option(1000, "--save-steps", help="Checkpoint (and evaluate) every N steps."),
     logging_steps: int = typer.Option(50, "--logging-steps"),
     deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="'zero2' or a DeepSpeed JSON config."),
-    resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in --output."),
+    resume: bool = typer.Option(False, "--resume", help="Resume from the newest complete checkpoint in --output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in an --output that holds a previous run."),
     compute_length: bool = typer.Option(False, "--compute-length", help="Add a missing length column."),
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
     fused_attention_dropout: bool = typer.Option(
@@ -83,6 +84,7 @@ def pretrain_command(
             compute_length=compute_length,
             dataloader_num_workers=workers,
             fused_attention_dropout=fused_attention_dropout,
+            overwrite=overwrite,
         )
     except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
         typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
@@ -100,8 +102,10 @@ def register(app: typer.Typer) -> None:
 
 def main() -> None:
     """Run ``pretrain`` alone (for torchrun / accelerate launch)."""
+    from ._errors import guarded
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command(help=HELP, epilog=EXAMPLES, no_args_is_help=True)(pretrain_command)
+    app.command(help=HELP, epilog=EXAMPLES, no_args_is_help=True)(guarded(pretrain_command))
     app()
 
 

@@ -23,9 +23,15 @@ Examples:
 
 
 def _parse_attrs(attrs: list[str]) -> dict[str, str]:
+    from .._utils import OptionError
+
     out = {}
     for a in attrs:
         src, _, dst = a.partition("=")
+        if not src or (_ and not dst):
+            raise OptionError(f"--attr {a!r}: use COL or COL=NEW_NAME.")
+        if src in out:
+            raise OptionError(f"--attr names cell attribute {src!r} twice.")
         out[src] = dst or src
     return out
 
@@ -55,23 +61,19 @@ def tokenize(
                                                 help="SOMA: the var column of Ensembl IDs (default feature_id)."),
 ) -> None:
     """Tokenize single-cell files (rank value encoding) into one Hugging Face dataset."""
-    from .._utils import InputFileError, VocabularyError, check_model_version
+    from .._utils import check_model_version
     from ..tokenization import dataset_path, tokenize_files
     from ..vocab import GeneVocab
 
-    try:
-        v = GeneVocab.from_dir(vocab) if vocab is not None else check_model_version(model_version)
-        out = dataset_path(output, prefix or Path(inputs[0]).name.split(".")[0])
-        soma = {"measurement": measurement, "value_filter": obs_filter, "var_id_column": var_id_column}
-        ds = tokenize_files(
-            list(inputs), out, v, file_format=file_format, overwrite=overwrite,
-            custom_attr_name_dict=_parse_attrs(attr), nproc=nproc, chunk_size=chunk_size,
-            gene_id_column=gene_id_column, gene_symbol_column=gene_symbol_column, layer=layer, shard=shard,
-            reader_options={k: val for k, val in soma.items() if val is not None},
-        )
-    except (InputFileError, VocabularyError, FileExistsError, ValueError, KeyError, OSError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+    v = GeneVocab.from_dir(vocab) if vocab is not None else check_model_version(model_version)
+    out = dataset_path(output, prefix or Path(inputs[0]).name.split(".")[0])
+    soma = {"measurement": measurement, "value_filter": obs_filter, "var_id_column": var_id_column}
+    ds = tokenize_files(
+        list(inputs), out, v, file_format=file_format, overwrite=overwrite,
+        custom_attr_name_dict=_parse_attrs(attr), nproc=nproc, chunk_size=chunk_size,
+        gene_id_column=gene_id_column, gene_symbol_column=gene_symbol_column, layer=layer, shard=shard,
+        reader_options={k: val for k, val in soma.items() if val is not None},
+    )
     if shard is not None:
         typer.echo(f"shard {shard}: wrote {len(ds)} cells beside {out}; run `geneformer merge {out}` once "
                    "every shard has finished")

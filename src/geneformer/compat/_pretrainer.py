@@ -5,12 +5,11 @@ its arguments)."""
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any, Mapping
 
 import numpy as np
 
-from .._utils import load_plain
+from .._utils import load_plain_file
 from ..train import DataCollatorForMaskedGenes, MaskedGeneTrainer
 from ..vocab import GeneVocab
 
@@ -41,11 +40,7 @@ class GeneformerPretrainer(MaskedGeneTrainer):
 
 
 def _load_lengths_file(path: str | os.PathLike) -> np.ndarray:
-    try:
-        with open(path, "rb") as fh:
-            obj = load_plain(fh, "a lengths pickle")
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise ValueError(f"Could not read example_lengths_file {path}: {exc}") from exc
+    obj = load_plain_file(path, "example_lengths_file")
     try:
         return np.asarray(obj, dtype=np.int64).reshape(-1)
     except (TypeError, ValueError) as exc:

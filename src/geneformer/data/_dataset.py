@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from .._utils import InputFileError, check_positive_int
+
 
 def load_dataset_folder(path: str | os.PathLike) -> Any:
     """``datasets.load_from_disk`` (memory-mapped) with clear errors; a Dataset or a DatasetDict."""
@@ -23,8 +25,10 @@ def load_dataset_folder(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"Tokenized dataset {path} does not exist.")
     try:
         return datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise ValueError(
+    except IndexError as exc:  # datasets cannot reopen a saved dataset of zero rows
+        raise InputFileError(f"Dataset {path} has no cells; nothing to run on.") from exc
+    except (FileNotFoundError, ValueError, OSError, KeyError, TypeError) as exc:
+        raise InputFileError(
             f"{path} is not a Hugging Face dataset folder (save_to_disk output) ({exc}). "
             "Tokenize the cells first with `geneformer tokenize`."
         ) from exc
@@ -34,9 +38,11 @@ def load_tokenized(data: Any) -> "datasets.Dataset":  # noqa: F821
     """A tokenized dataset from a ``save_to_disk`` folder (or a Dataset, passed through)."""
     import datasets
 
+    where = "The dataset"
     if isinstance(data, datasets.Dataset):
         ds = data
     else:
+        where = f"Dataset {data}"
         path = Path(os.fspath(data)).expanduser()
         ds = load_dataset_folder(path)
         if isinstance(ds, datasets.DatasetDict):
@@ -44,7 +50,9 @@ def load_tokenized(data: Any) -> "datasets.Dataset":  # noqa: F821
                 raise ValueError(f"{path} holds several splits {list(ds)}; pass one split's folder.")
             ds = next(iter(ds.values()))
     if "input_ids" not in ds.column_names:
-        raise KeyError(f"The dataset has no 'input_ids' column (columns: {ds.column_names}); tokenize it first.")
+        raise KeyError(f"{where} has no 'input_ids' column (columns: {ds.column_names}); tokenize it first.")
+    if len(ds) == 0 and where != "The dataset":
+        raise InputFileError(f"{where} has no cells; nothing to run on (was it tokenized from an empty file?).")
     return ds
 
 
@@ -104,6 +112,7 @@ def downsample_and_sort(ds: Any, max_ncells: int | None, seed: int = 42) -> Any:
     stable, so equal lengths keep their shuffled order. Computed with numpy so nothing is written
     beside a read-only dataset.
     """
+    check_positive_int("max_ncells", max_ncells, allow_none=True)
     n = len(ds)
     if n == 0:
         raise ValueError("The dataset has no cells.")

@@ -1,21 +1,25 @@
 """State embeddings: the mean (or median) embedding of the cells of each state, the targets that
-goal-state perturbation measures shifts towards; and their pickle file (the reference's format)."""
+goal-state perturbation measures shifts towards; and their files (safetensors, or the reference's pickle)."""
 
 from __future__ import annotations
 
-import io
+import json
 import os
-import pickle
+from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from .._constants import EmbMode
 from .._utils import (
+    InputFileError,
     OptionError,
     check_cell_states,
     doc_params,
+    load_plain_file,
     state_list,
+    write_bytes,
     write_pickle,
 )
 from .._utils._docs import doc_batch_size, doc_device, doc_dtype, doc_emb_layer, doc_progress
@@ -76,21 +80,47 @@ def state_embeddings(
 
 
 def save_state_embs(state_embs: Mapping[Any, torch.Tensor], path: str | os.PathLike) -> None:
-    """Pickle ``{state: tensor}`` as the reference's ``EmbExtractor.get_state_embs`` does."""
+    """Write ``{state: tensor}``: a ``.safetensors`` file (no pickle; the states' labels in its
+    metadata), or any other name as the pickle the reference's ``EmbExtractor.get_state_embs`` writes."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import save
+
+        states = list(state_embs)
+        tensors = {str(i): torch.as_tensor(state_embs[s]).detach().cpu().contiguous() for i, s in enumerate(states)}
+        meta = {"geneformer.states": json.dumps(states)}
+        write_bytes(path, save(tensors, metadata=meta))
+        return
     write_pickle(path, dict(state_embs))
 
 
 def load_state_embs(path: str | os.PathLike) -> dict:
-    """Read a state-embedding pickle ({state: tensor}) onto the CPU, even if saved from CUDA tensors."""
+    """Read state embeddings ({state: tensor}) onto the CPU: a ``.safetensors`` file from
+    :func:`save_state_embs`, or a pickle through the restricted loader (plain data and tensors only,
+    also when saved from CUDA tensors); anything else is an :class:`InputFileError` naming the file."""
+    p = Path(path)
+    obj = _load_safetensors_states(p) if p.suffix == ".safetensors" else load_plain_file(p, "state-embeddings pickle")
+    if not isinstance(obj, dict) or not obj:
+        kind = "an empty dict" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise InputFileError(f"State-embeddings file {p} must hold {{state: embedding tensor}}; it holds {kind}.")
+    bad = [k for k, v in obj.items() if not (torch.is_tensor(v) or isinstance(v, np.ndarray))]
+    if bad:
+        raise InputFileError(f"State-embeddings file {p} holds non-tensor values for state(s) {bad[:3]}.")
+    return obj
 
-    class _CPUUnpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str):
-            if module == "torch.storage" and name == "_load_from_bytes":
-                return lambda b: torch.load(io.BytesIO(b), map_location="cpu", weights_only=False)
-            return super().find_class(module, name)
 
-    with open(path, "rb") as fh:
-        return _CPUUnpickler(fh).load()
+def _load_safetensors_states(p: Path) -> dict:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        if "geneformer.states" not in meta:
+            return tensors
+        return {s: tensors[str(i)] for i, s in enumerate(json.loads(meta["geneformer.states"]))}
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise InputFileError(f"Could not read state embeddings {p}: {exc} (truncated, or not a safetensors "
+                             "file).") from exc
 
 
 __all__ = ["load_state_embs", "save_state_embs", "state_embeddings"]

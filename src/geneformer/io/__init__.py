@@ -6,13 +6,15 @@ The cell-table rules shared by every consumer (``n_counts``, ``filter_pass``) ar
 """
 
 from .._utils import InputFileError
-from ._base import CellReader, select_columns, to_csr
+from ._anndata import read_anndata
+from ._base import CellReader, check_counts, select_columns, to_csr
 from ._cells import QC_COLUMNS, CellTotals, anndata_counts, filter_pass_mask
 from ._open import FORMATS, detect_format, open_reader
 from ._slices import block_costs, shard_rows
 from ._soma import SomaReader, is_soma_uri
 
 __all__ = [
-    "FORMATS", "QC_COLUMNS", "CellReader", "CellTotals", "InputFileError", "SomaReader", "anndata_counts", "detect_format",
-    "block_costs", "filter_pass_mask", "is_soma_uri", "open_reader", "select_columns", "shard_rows", "to_csr",
+    "FORMATS", "QC_COLUMNS", "CellReader", "CellTotals", "InputFileError", "SomaReader", "anndata_counts", "block_costs",
+    "check_counts", "detect_format", "filter_pass_mask", "is_soma_uri", "open_reader", "read_anndata", "select_columns",
+    "shard_rows", "to_csr",
 ]

@@ -19,6 +19,19 @@ from ._cells import anndata_counts
 logger = logging.getLogger(__name__)
 
 
+def read_anndata(path: str | os.PathLike) -> ad.AnnData:
+    """A whole ``.h5ad`` file (or ``.zarr`` store) in memory; a missing, truncated or non-AnnData
+    file is an :class:`InputFileError` naming it (as the streaming reader reports it)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"Input file {p} does not exist.")
+    try:
+        return ad.read_zarr(p) if p.suffix == ".zarr" or p.is_dir() else ad.read_h5ad(p)
+    except Exception as exc:  # noqa: BLE001 - h5py, zarr and anndata fail on bad bytes in many ways
+        raise InputFileError(f"Could not read {p} as AnnData: {exc}. The file may be truncated or not an "
+                             "AnnData file.") from exc
+
+
 class AnnDataReader(CellReader):
     """Reads an AnnData store without loading its matrix: X (or a layer, or ``raw``) in row chunks.
 

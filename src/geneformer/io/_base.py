@@ -56,9 +56,13 @@ class CellReader(ABC):
 
     def iter_counts(self, chunk_size: int = 512, start: int = 0, stop: int | None = None
                     ) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """``(start_row, counts)`` chunks of cells ``start:stop``; counts that are negative, NaN or
+        infinite are an :class:`InputFileError` naming the file, the first such cell and gene."""
         stop = self.n_cells if stop is None else min(stop, self.n_cells)
         for s in range(start, stop, chunk_size):
-            yield s, self.read_rows(s, min(s + chunk_size, stop))
+            counts = self.read_rows(s, min(s + chunk_size, stop))
+            check_counts(counts, s, self)
+            yield s, counts
 
     def block_nnz(self, block: int) -> np.ndarray | None:
         """Stored values in each run of ``block`` rows (the last may be shorter), when the format
@@ -102,6 +106,45 @@ class CellReader(ABC):
 
     def describe(self) -> str:
         return f"{self.format} file {self.path}" if self.path else f"in-memory {self.format}"
+
+
+def check_counts(counts: sp.csr_matrix, start: int, reader: CellReader) -> None:
+    """Raise unless every stored count of the chunk starting at cell ``start`` is finite and >= 0.
+
+    Negative values would be dropped and infinite ones ranked first without a word, and NaN would
+    poison a cell's total: none of them is a count. (Non-integer values are only warned about by the
+    tokenizer: normalised data is a mistake, but a recoverable one.)
+    """
+    data = counts.data
+    if data.size == 0 or data.dtype.kind not in "fi":
+        return
+    lo, hi = data.min(), data.max()
+    if lo >= 0 and (data.dtype.kind == "i" or np.isfinite(hi)):  # NaN fails the first test
+        return
+    bad = (data < 0) | ~np.isfinite(data) if data.dtype.kind == "f" else data < 0
+    k = int(np.flatnonzero(bad)[0])
+    row = int(np.searchsorted(counts.indptr, k, side="right")) - 1
+    value = data[k]
+    kind = "NaN" if value != value else ("negative" if value < 0 else "infinite")
+    cell, gene = _names_of(reader, start + row, int(counts.indices[k]))
+    raise InputFileError(
+        f"{reader.describe()} holds {kind} counts: the first is {value} in cell {cell}, gene {gene}. Counts "
+        "must be raw, non-negative and finite (check the matrix, layer or normalisation the file holds)."
+    )
+
+
+def _names_of(reader: CellReader, row: int, col: int) -> tuple[str, str]:
+    """``"NAME (row R)"`` of a cell and the name of a gene column, for messages."""
+    try:
+        gene = str(reader.var.index[col])
+    except Exception:  # noqa: BLE001 - only a message is at stake
+        gene = f"column {col}"
+    try:
+        name = str(reader.read_obs([]).index[row])
+        cell = f"{name!r} (row {row})"
+    except Exception:  # noqa: BLE001
+        cell = f"row {row}"
+    return cell, gene
 
 
 def select_columns(m: sp.csr_matrix, column_map: np.ndarray, n_columns: int) -> sp.csr_matrix:

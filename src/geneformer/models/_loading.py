@@ -110,6 +110,15 @@ def check_model_folder(folder: Path) -> None:
             f"found {present}). Copy or download the weights into the folder, or use a zoo name "
             f"({', '.join(sorted(MODEL_ZOO)[:3])}, ...) to fetch them from the hub."
         )
+    weights = folder / "model.safetensors"
+    if weights.is_file():  # reading the header catches truncated and garbage files before any work
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: bad bytes fail in several ways
+            raise ModelLoadError(f"{weights} is truncated or not a safetensors file ({exc}).") from exc
 
 
 def check_vocab_matches(model_or_config: Any, vocab: "GeneVocab | str | None", source: str = "the model") -> None:
@@ -216,6 +225,8 @@ def load_model(
         cls = _cell_classifier_class(source, kwargs)
     if attn_implementation == CPU_ATTENTION:
         register_cpu_attention()
+    from safetensors import SafetensorError
+
     try:
         model = cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
     except (ValueError, ImportError) as exc:
@@ -232,6 +243,9 @@ def load_model(
                     "and HF_HUB_OFFLINE must be unset to download"
                     f"{'; ' + LEGACY_NOTE if spec.legacy and not revision else ''})")
         raise ModelLoadError(f"Could not load model {name_or_path!r}{hint}: {exc}") from exc
+    except SafetensorError as exc:
+        raise ModelLoadError(f"Could not load model {name_or_path}: its weights file is truncated or not a "
+                             f"safetensors file ({exc}).") from exc
     check_vocab_matches(model, vocab, source=f"Model {name_or_path}")
     if spec is not None and model.config.vocab_size != spec.vocab_size:
         logger.warning("%s: vocab_size %d differs from the zoo's %d", spec.name, model.config.vocab_size,

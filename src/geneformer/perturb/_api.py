@@ -163,7 +163,7 @@ def perturb(
         state_key, start_state, goal_state, alt_states: goal-state modelling: only ``start_state``
             cells are perturbed and the shift towards each state is measured. ``state_embs``
             ({state: vector} or a pickle path) defaults to mean embeddings of each state's cells
-            (written to ``state_embs.pkl`` in the output folder).
+            (written to ``state_embs.safetensors`` in the output folder).
         {max_ncells}
         {emb_layer}
         model_version: "V1"/"V2" (default: from the model's vocabulary size).
@@ -231,7 +231,7 @@ def perturb(
             logger.info("Computing state embeddings for %s", states)
             state_embs = state_embeddings(loaded, dataset, states, mode="cls" if emb_mode.startswith("cls") else "cell",
                                           emb_layer=emb_layer, vocab=vocab, device=device, progress=progress)
-            save_state_embs(state_embs, out_dir / "state_embs.pkl")
+            save_state_embs(state_embs, out_dir / "state_embs.safetensors")
         spec = perturbation_spec(
             perturb_type, genes, rank_shift=rank_shift, combos=combos, anchor_gene=anchor_gene, emb_mode=emb_mode,
             cell_states_to_model=states, state_embs=state_embs, filter_data=filter_data, max_ncells=max_ncells,

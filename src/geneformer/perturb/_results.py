@@ -40,7 +40,7 @@ from typing import Iterable, Iterator, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from .._utils import load_plain, write_parquet, write_pickle
+from .._utils import InputFileError, load_plain_file, write_parquet, write_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +77,9 @@ __all__ = [
 def load_raw(path: str | os.PathLike) -> dict:
     """Load one raw result pickle (a dictionary; see the module docstring)."""
     p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            obj = load_plain(fh, "a perturbation result pickle")
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise ValueError(f"Could not read perturbation results from {p}: {exc}") from exc
+    obj = load_plain_file(p, "perturbation results")
     if not isinstance(obj, dict):
-        raise ValueError(f"{p} holds a {type(obj).__name__}, expected a dictionary of perturbation results.")
+        raise InputFileError(f"{p} holds a {type(obj).__name__}, expected a dictionary of perturbation results.")
     return obj
 
 

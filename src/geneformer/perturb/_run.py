@@ -52,12 +52,13 @@ from .._utils import (
 )
 from .._utils._device import torch_threads
 from .._utils._docs import doc_device, doc_dtype, doc_progress
-from ..data import load_tokenized
+from ..data import as_sequences, load_tokenized
 from ..inference import auto_token_budget, validate_sequences
-from ..models import check_vocab_matches, load_model
+from ..models import check_vocab_matches, load_model, model_vocab_version
 from ._engine import build_part, plan_parts, run_part
 from ._spec import PerturbSpec, run_settings, select_for
 from ._store import GeneLabels, RunStore, fingerprint, part_table, raw_file_names
+from ._vocab_meta import write_run_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,14 @@ def run_perturbation(
     model = _load(model, spec, model_kind, num_labels, dev)
     model.to(dev)
     ds = load_tokenized(data)
-    sel = select_for(spec, ds)
-    validate_sequences(sel.seqs, model, what=f"{data}" if isinstance(data, (str, os.PathLike)) else "the dataset")
+    what = f"{data}" if isinstance(data, (str, os.PathLike)) else "the dataset"
+    try:
+        sel = select_for(spec, ds)
+    except ValueError:
+        # "no cell expresses GENE" is what data of another vocabulary looks like: say that instead
+        validate_sequences(as_sequences(ds.select(range(min(len(ds), 1000)))), model, what=what)
+        raise
+    validate_sequences(sel.seqs, model, what=what)
     rs = run_settings(spec, model, sel)
     state_embs = spec.state_matrix
     if state_embs is not None and state_embs.shape[1] != int(model.config.hidden_size):
@@ -168,6 +175,7 @@ def run_perturbation(
             store.write_raw(names, state_objects)
         if not keep_parts:
             store.remove_parts()
+        write_run_vocab(out_dir, opp, model.config.vocab_size, model_vocab_version(model))
         return store.final
 
     if shard is not None and resume and shard_done(store.final, shard, fp):
@@ -223,6 +231,7 @@ def run_perturbation(
                     shard, first, stop, len(parts), store.final)
         return None
     store.write_final(len(parts), fp)
+    write_run_vocab(out_dir, opp, model.config.vocab_size, model_vocab_version(model))
     if write_raw:
         store.write_raw(names, state_objects)
     if not keep_parts:

@@ -72,6 +72,7 @@ from ._results import (
     raw_kind,
     read_raw_dir,
 )
+from ._vocab_meta import check_results_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,13 @@ def _null(spec: StatsSpec, directory: Any, null_dicts: Sequence[dict] | None, ki
     return read_shifts(directory, kinds, spec.state_list, spec.pickle_suffix, progress=progress)
 
 
+def _check_vocab(spec: StatsSpec, directory: Any, shifts: RawShifts) -> None:
+    """Refuse to name the genes of results made with another vocabulary (see ``_vocab_meta``)."""
+    names = spec.names
+    check_results_vocab(directory, shifts.keys, shifts.affected, names.version or "custom",
+                        max(names.token_to_ensembl, default=-1) + 1)
+
+
 @doc_params(progress=doc_progress)
 def compute_stats(
     spec: StatsSpec,
@@ -250,9 +258,11 @@ def compute_stats(
         if triples is not None:
             return M.mixture_model_combos(triples, names, spec.anchor_token)
         pairs = RawShifts.from_dicts(dicts, source=str(input_dir))
+        _check_vocab(spec, input_dir, pairs)
         single = _null(spec, null_dir, null_dicts, {"cell", "mixed"}, progress)
         return M.mixture_model_combos(pairs, names, spec.anchor_token, single)
     shifts = read_shifts(input_dir, spec.kinds, spec.state_list, spec.pickle_suffix, progress=progress)
+    _check_vocab(spec, input_dir, shifts)
     if mode == "goal_state_shift":
         return M.goal_state_shift(shifts, names, spec.states, spec.tokens)
     if mode == "vs_null":

@@ -258,7 +258,8 @@ class RunStore:
             if resume:
                 raise ValueError(
                     f"{self.parts_dir} holds parts of a different run (other data, model or settings). "
-                    "Use another output_prefix or output_directory, or pass resume=False to start afresh."
+                    "Use another output_prefix or output_directory (--prefix, --output), or pass resume=False "
+                    "(--no-resume) to start afresh."
                 )
             stale = run.get("fingerprint") != fp
         if self.parts_dir.exists() and self.rank == 0:

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from .._constants import MODEL_INPUT_SIZE
-from .._utils import OptionError, check_positive_int, doc_params
+from .._utils import OptionError, check_attr_map, check_positive_int, doc_params
 from .._utils._docs import doc_file_format, doc_nproc, doc_progress, doc_shard
 from ..vocab import GeneVocab, as_vocab
 
@@ -108,7 +108,7 @@ def tokenizer_settings(
         special_token=bool(special_token), collapse_gene_ids=bool(collapse_gene_ids), keep_counts=bool(keep_counts),
         chunk_size=check_positive_int("chunk_size", chunk_size), gene_id_column=gene_id_column,
         gene_symbol_column=gene_symbol_column, use_h5ad_index=bool(use_h5ad_index), layer=layer,
-        attr_map=dict(custom_attr_name_dict or {}), read_options=dict(reader_options or {}),
+        attr_map=check_attr_map(custom_attr_name_dict), read_options=dict(reader_options or {}),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import pyarrow as pa
 
-from .._utils import InputFileError, atomic_folder, refuse_existing
+from .._utils import InputFileError, atomic_folder, output_lock, refuse_existing
 
 
 class DatasetWriter:
@@ -100,18 +100,22 @@ def write_dataset(batches: Iterable[tuple[pa.RecordBatch, str]], output_path: st
                   overwrite: bool = False, empty_schema: pa.Schema | None = None) -> "datasets.Dataset":  # noqa: F821
     """Write ``(record_batch, source)`` pairs into a ``datasets`` folder at ``output_path``.
 
-    An existing output is refused unless ``overwrite``; the folder is written under a temporary name
-    and renamed when complete, so a failure leaves nothing behind. Returns the memory-mapped dataset.
+    An existing output is refused unless ``overwrite``, and so is an output that another run is
+    writing (a lock beside it, held until the rename): two runs on one path never replace each
+    other's output. The folder is written under a temporary name and renamed when complete, so a
+    failure leaves nothing behind (and a killed run's temporary is removed by the next run).
+    Returns the memory-mapped dataset.
     """
     import datasets
 
-    output_path = refuse_existing(output_path, overwrite)
-    with atomic_folder(output_path) as work:
-        writer = DatasetWriter(work)
-        try:
-            for batch, source in batches:
-                writer.write(batch, source)
-            writer.finish(empty_schema)
-        finally:
-            writer.close()
+    with output_lock(output_path, "tokenize run"):
+        output_path = refuse_existing(output_path, overwrite)
+        with atomic_folder(output_path, replace=overwrite) as work:
+            writer = DatasetWriter(work)
+            try:
+                for batch, source in batches:
+                    writer.write(batch, source)
+                writer.finish(empty_schema)
+            finally:
+                writer.close()
     return datasets.load_from_disk(str(output_path))

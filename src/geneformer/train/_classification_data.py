@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .._utils import ClassifierDataError, check_filter_data, check_fraction, check_positive_int
+from .._utils import ClassifierDataError, check_filter_data, check_fraction, check_positive_int, load_plain_file
 from ..data import as_sequences, load_tokenized
 from ..data import column_values as column
+from ..vocab import load_dict_file
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +30,24 @@ SEED = 42
 # ------------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------------
-def load_pickle(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist.")
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+#: Data-only classes of the classifier's pickles: the ``PredictionOutput`` of ``predictions.pkl``.
+_PICKLE_CLASSES = (("transformers.trainer_utils", "PredictionOutput"),)
+
+
+def load_pickle(path: str | os.PathLike, what: str = "classifier file") -> Any:
+    """A classifier pickle, through the restricted loader (plain data, arrays, ``PredictionOutput``)."""
+    return load_plain_file(path, what, allow=_PICKLE_CLASSES, error=ClassifierDataError)
 
 
 def load_id_class_dict(path: str | os.PathLike) -> dict[int, Any]:
-    """Read a ``{prefix}_id_class_dict.pkl`` file (ids 0..C-1)."""
-    obj = load_pickle(path)
-    if not isinstance(obj, Mapping) or not obj:
+    """Read a ``{prefix}_id_class_dict.pkl`` file (ids 0..C-1), or the same dictionary as JSON."""
+    obj = load_dict_file(path)  # JSON by extension, else the restricted unpickler
+    if not obj:
         raise ClassifierDataError(f"{path} does not hold a non-empty {{class id: label}} dictionary.")
-    ids = sorted(int(k) for k in obj)
+    try:
+        ids = sorted(int(k) for k in obj)
+    except (TypeError, ValueError):
+        raise ClassifierDataError(f"{path}: class ids must be integers 0..C-1, got {list(obj)[:5]}.") from None
     if ids != list(range(len(ids))):
         raise ClassifierDataError(f"{path}: class ids must be 0..{len(ids) - 1}, got {ids}.")
     return {int(k): v for k, v in obj.items()}

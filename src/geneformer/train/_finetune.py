@@ -27,7 +27,18 @@ import pandas as pd
 
 from .. import plotting
 from .._constants import ClassifierHead, ClassifierKind
-from .._utils import check_choice, check_fraction, doc_params, save_dataset, write_csv, write_json
+from .._utils import (
+    InputFileError,
+    ModelLoadError,
+    check_choice,
+    check_fraction,
+    check_positive_int,
+    doc_params,
+    refuse_existing,
+    save_dataset,
+    write_csv,
+    write_json,
+)
 from .._utils._docs import doc_filter_data, doc_progress
 from ._classification_data import column, load_labelled, select_rows
 from ._classification_genes import fold_datasets, gene_folds
@@ -55,9 +66,11 @@ class FinetuneResult:
 
 def model_vocab_version(model: str | os.PathLike) -> str:
     """"V1"/"V2" of a model folder (from ``vocab_size``) or zoo name."""
-    from ..models import get_spec, vocab_version_for_size
+    from ..models import check_model_folder, get_spec, vocab_version_for_size
 
     path = Path(model)
+    if path.is_dir():
+        check_model_folder(path)  # before the data are prepared: a bad folder leaves nothing behind
     if (path / "config.json").is_file():
         meta = path / "geneformer_finetune.json"
         if meta.is_file() and json.loads(meta.read_text()).get("model_version"):
@@ -140,6 +153,9 @@ def finetune(
             through the progress output (not when progress is off).
     """
     check_choice("classifier", classifier, CLASSIFIER_KINDS)
+    check_positive_int("batch_size", batch_size, allow_none=True)
+    if epochs is not None and not epochs > 0:
+        raise ValueError(f"epochs must be a positive number; got {epochs!r}.")
     if classifier == "cell" and not label:
         raise ValueError("A cell classifier needs label=<dataset column with the classes>.")
     if classifier == "gene" and not gene_class_dict:
@@ -222,9 +238,27 @@ def _id2label(model: Any, folder: Path) -> dict[int, str]:
     return {int(k): v for k, v in (model.config.id2label or {}).items()}
 
 
+def _check_finetuned(folder: Path) -> None:
+    """A folder without a trained classification head would give random predictions: refused."""
+    from ..models import read_finetune_meta
+
+    if read_finetune_meta(folder).get("kind") or (folder / "adapter_config.json").is_file():
+        return
+    try:
+        arch = (json.loads((folder / "config.json").read_text()).get("architectures") or ["?"])[0]
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder} is not a model folder (config.json: {exc}).") from exc
+    if "Classification" not in arch:
+        raise ModelLoadError(f"{folder} is not a fine-tuned classifier (its model is {arch}): its classification "
+                             "head would be random. Fine-tune it first (`geneformer finetune`) and predict with "
+                             "OUTPUT/model.")
+
+
 def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.PathLike | None = None, *,
-            batch_size: int | None = 100, device: Any = None, progress: bool | None = None) -> pd.DataFrame:
-    """Predict with a fine-tuned folder; writes ``output_csv`` when given and returns the table.
+            batch_size: int | None = 100, device: Any = None, progress: bool | None = None,
+            overwrite: bool = False) -> pd.DataFrame:
+    """Predict with a fine-tuned folder; writes ``output_csv`` when given and returns the table
+    (an existing ``output_csv`` is refused unless ``overwrite``).
 
     Cell classifiers: ``cell_id`` (when the dataset has one), ``row``, ``pred_label``, ``prob_<class>``.
     Gene classifiers: one row per gene seen — ``gene``, ``token_id``, ``n_positions``, ``pred_label``
@@ -237,6 +271,12 @@ def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.Pat
     from ..models import finetuned_kind, load_finetuned, read_finetune_meta
 
     folder = Path(model_dir)
+    check_positive_int("batch_size", batch_size, allow_none=True)
+    if output_csv is not None:
+        if Path(output_csv).is_dir():
+            raise InputFileError(f"--output {output_csv} is a folder; give a CSV file name.")
+        refuse_existing(output_csv, overwrite)
+    _check_finetuned(folder)
     ds = load_tokenized(dataset)
     kind = finetuned_kind(folder)
     model = load_finetuned(folder, kind, device=device)

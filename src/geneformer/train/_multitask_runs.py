@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .._utils import load_plain, rank, world_size, write_csv, write_json, write_pickle
+from .._utils import ClassifierDataError, load_plain_file, rank, world_size, write_csv, write_json, write_pickle
 from ..inference import validate_sequences
 from ..models import GeneformerMultiTask, load_encoder
 from ._classification_data import column, sorted_labels
@@ -258,8 +258,9 @@ def evaluate_multitask(run: MultiTaskRun) -> dict:
     mappings_path = Path(run.results_dir) / MAPPINGS_FILE
     if not mappings_path.is_file():
         raise FileNotFoundError(f"{mappings_path} is missing; it is written when training (run a study first).")
-    with open(mappings_path, "rb") as fh:
-        mappings = load_plain(fh, what="a task label mapping")
+    mappings = load_plain_file(mappings_path, "task label mappings", error=ClassifierDataError)
+    if not isinstance(mappings, dict):
+        raise ClassifierDataError(f"{mappings_path} holds a {type(mappings).__name__}, expected {{task: {{label: id}}}}.")
     test = load_split(run.test_path, run.task_columns, mappings, "test", require_labels=False)
     validate_sequences(test.seqs, model, what="the test data")
     logits = predict_tasks(model, test.seqs, batch_size=run.batch_size, progress=run.progress)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -26,12 +27,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from transformers import BertConfig, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
-from .._utils import bf16_supported, trainer_device_args
+from .._utils import InputFileError, OutputExistsError, bf16_supported, check_positive_int, rank, trainer_device_args
 from ..models import GeneformerForMaskedLM, load_model, vocab_version_for_size
 from ..vocab import GeneVocab, as_vocab
 from ._architectures import load_config, preset_vocab_version
+from ._checkpoints import check_checkpoint, checkpoint_folders, last_complete_checkpoint
 from ._collators import DataCollatorForMaskedGenes
 from ._corpus import check_corpus, load_corpus
 from ._masked_trainer import MaskedGeneTrainer
@@ -77,6 +78,27 @@ def _check_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"Output folder {folder} is not writable: {exc}. Choose another --output.") from exc
+
+
+def _resume_point(output_dir: Path, resume: bool | str | os.PathLike | None, overwrite: bool) -> str | None:
+    """The checkpoint to resume from (None: start afresh, after clearing a previous run's outputs)."""
+    if resume is True:
+        found = last_complete_checkpoint(output_dir)
+        if found is None:
+            raise ValueError(f"No checkpoint in {output_dir} to resume from (no complete checkpoint-* folder); "
+                             "run without --resume.")
+        return str(found)
+    if resume:
+        return str(check_checkpoint(Path(resume).expanduser()))
+    previous = checkpoint_folders(output_dir) + [p for p in [output_dir / FINAL_MODEL_DIR] if p.exists()]
+    if previous and not overwrite:
+        raise OutputExistsError(
+            f"{output_dir} already holds a pretraining run ({', '.join(p.name for p in previous[:3])}). Pass "
+            "--resume (resume_from_checkpoint=True) to continue it, or --overwrite (overwrite=True) to start afresh.")
+    if previous and rank() == 0:
+        for p in previous:
+            shutil.rmtree(p)
+    return None
 
 
 def _checkpoint_vocab(folder: Path, cfg: BertConfig, vocab) -> GeneVocab:
@@ -143,6 +165,7 @@ def pretrain(
     disable_tqdm: bool | None = None,
     training_args: Mapping[str, Any] | None = None,
     fused_attention_dropout: bool = True,
+    overwrite: bool = False,
 ) -> PretrainResult:
     """Pretrain a Geneformer from scratch or continue training a checkpoint (continual learning).
 
@@ -154,7 +177,10 @@ def pretrain(
     weights and vocabulary are kept; the corpus must be tokenized with that vocabulary.
     ``warmup``: steps (int) or a fraction of the steps (float < 1). ``bf16``: default on where the
     GPU supports it. ``deepspeed``: a DeepSpeed JSON config, or "zero2" for the shipped one.
-    ``resume_from_checkpoint``: True for the last ``checkpoint-*`` in ``output_dir``, or a path.
+    ``resume_from_checkpoint``: True for the newest complete ``checkpoint-*`` in ``output_dir``
+    (incomplete ones, from a kill mid-save, are skipped with a warning), or a path (which must be
+    complete). Without it, an ``output_dir`` holding checkpoints or a final model is refused unless
+    ``overwrite`` (which removes them first), so old and new checkpoints are never mixed.
     ``training_args``: extra ``TrainingArguments`` fields (override the ones set here).
     ``fused_attention_dropout``: train with the exact fused-speed attention dropout of
     :mod:`.dropout_attention` (CPU; False for PyTorch's own ``sdpa`` dropout path).
@@ -164,6 +190,7 @@ def pretrain(
     from transformers import set_seed
 
     output_dir = Path(output_dir).expanduser()
+    check_positive_int("max_steps", max_steps, allow_none=True)
     _check_writable(output_dir)
     train_ds, eval_ds = load_corpus(dataset, compute_length=compute_length)
 
@@ -222,20 +249,7 @@ def pretrain(
         deepspeed = str(config_file("deepspeed_zero2.json")) if str(deepspeed) == "zero2" else str(deepspeed)
     if bf16 is None:
         bf16 = bf16_supported()
-    resume = resume_from_checkpoint
-    if resume is True:
-        resume = get_last_checkpoint(str(output_dir))
-        if resume is None:
-            raise ValueError(f"No checkpoint-* folder in {output_dir} to resume from; run without --resume.")
-    elif resume:
-        resume = str(Path(resume).expanduser())
-        if not Path(resume).is_dir():
-            raise ValueError(f"Checkpoint folder {resume} does not exist.")
-    else:
-        resume = None
-        if get_last_checkpoint(str(output_dir)) is not None:
-            logger.warning("%s already holds checkpoints; they may be overwritten (pass --resume to continue).",
-                           output_dir)
+    resume = _resume_point(output_dir, resume_from_checkpoint, overwrite)
     args_kw: dict[str, Any] = dict(
         output_dir=str(output_dir),
         max_steps=max_steps if max_steps else -1,
@@ -275,7 +289,14 @@ def pretrain(
         model=model, args=args, data_collator=collator, train_dataset=train_ds, eval_dataset=eval_ds,
         callbacks=list(callbacks or []), fused_attention_dropout=fused_attention_dropout,
     )
-    train_out = trainer.train(resume_from_checkpoint=resume)
+    try:
+        train_out = trainer.train(resume_from_checkpoint=resume)
+    except pickle.UnpicklingError as exc:  # torch's weights-only loader refused a checkpoint file
+        if resume is None:
+            raise
+        reason = next((ln.strip() for ln in reversed(str(exc).splitlines()) if ln.strip()), str(exc))
+        raise InputFileError(f"Checkpoint {resume} holds a file that is not plain tensor data, refused: {reason} "
+                             "Delete that checkpoint, or resume from another one.") from exc
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
 
     # the final model: every process takes part in saving (DeepSpeed gathers), rank 0 writes

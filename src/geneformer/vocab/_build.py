@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from .._constants import CLS, EOS, MASK, PAD, VOCAB_FORMATS, VocabFormat
-from .._utils import check_choice, write_csv, write_pickle
+from .._utils import atomic_folder, check_choice, refuse_existing, write_csv, write_pickle
 from ._digests import GeneDigests
-from ._vocab import GeneVocab
+from ._vocab import VOCAB_JSON_FILES, GeneVocab
 
 logger = logging.getLogger(__name__)
 
@@ -69,24 +69,47 @@ def build_vocab(
     return GeneVocab(token_dict, valid, name_id, mapping, version=None)
 
 
+_PICKLE_STEMS = ("token_dictionary", "gene_median_dictionary", "gene_name_id_dict", "ensembl_mapping_dict")
+
+
+def vocab_file_paths(folder: str | os.PathLike, name: str = "custom",
+                     formats: Sequence[VocabFormat] = ("json", "pickle"), counts: bool = True) -> list[Path]:
+    """The files :func:`write_vocab` writes into ``folder`` (to refuse existing ones before any work)."""
+    folder = Path(folder)
+    names = list(VOCAB_JSON_FILES) if "json" in formats else []
+    names += [f"{stem}_{name}.pkl" for stem in _PICKLE_STEMS] if "pickle" in formats else []
+    names += [f"gene_stats_{name}.tsv"] if counts else []
+    return [folder / n for n in names]
+
+
 def write_vocab(vocab: GeneVocab, folder: str | os.PathLike, name: str = "custom", *,
-                counts: Mapping[str, int] | None = None, formats: Sequence[VocabFormat] = ("json", "pickle")) -> Path:
+                counts: Mapping[str, int] | None = None, formats: Sequence[VocabFormat] = ("json", "pickle"),
+                overwrite: bool = False) -> Path:
     """Write a vocabulary as JSON (:meth:`GeneVocab.save`) and/or as published-style pickles.
 
     The pickles are ``token_dictionary_<name>.pkl``, ``gene_median_dictionary_<name>.pkl``,
     ``gene_name_id_dict_<name>.pkl`` and ``ensembl_mapping_dict_<name>.pkl``, usable wherever the
     reference package takes dictionary files. With ``counts``, ``gene_stats_<name>.tsv`` lists each
-    gene's median, detection count and whether it is in the vocabulary.
+    gene's median, detection count and whether it is in the vocabulary. Files of an earlier
+    vocabulary in ``folder`` are refused unless ``overwrite``; the files are written in a temporary
+    folder and moved in together when all are complete.
     """
     for f in formats:
         check_choice("formats", f, VOCAB_FORMATS)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    refuse_existing(vocab_file_paths(folder, name, formats, counts is not None), overwrite)
+    with atomic_folder(folder, merge=True) as tmp:
+        _write_vocab_files(vocab, tmp, name, counts, formats)
+    return folder
+
+
+def _write_vocab_files(vocab: GeneVocab, folder: Path, name: str, counts: Mapping[str, int] | None,
+                       formats: Sequence[VocabFormat]) -> None:
     if "json" in formats:
         vocab.save(folder, format="json")
     if "pickle" in formats:
-        for stem, obj in (("token_dictionary", vocab.token_dict), ("gene_median_dictionary", vocab.gene_medians),
-                          ("gene_name_id_dict", vocab.gene_name_id), ("ensembl_mapping_dict", vocab.ensembl_mapping)):
+        for stem, obj in zip(_PICKLE_STEMS, (vocab.token_dict, vocab.gene_medians, vocab.gene_name_id,
+                                             vocab.ensembl_mapping)):
             write_pickle(folder / f"{stem}_{name}.pkl", dict(obj))
     if counts is not None:
         genes = sorted(set(vocab.gene_medians) | set(counts))
@@ -97,4 +120,3 @@ def write_vocab(vocab: GeneVocab, folder: str | os.PathLike, name: str = "custom
             "in_vocab": [g in vocab.token_dict for g in genes],
         })
         write_csv(folder / f"gene_stats_{name}.tsv", table, sep="\t", index=False)
-    return folder

@@ -15,16 +15,18 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from .._utils import (
+    InputFileError,
     OptionError,
     Shard,
     fingerprint,
     mark_shard_done,
     parse_shard,
+    refuse_existing,
     shard_done,
     shard_part,
 )
 from ..io import open_reader
-from ._build import build_vocab, write_vocab
+from ._build import build_vocab, vocab_file_paths, write_vocab
 from ._corpus import compute_gene_digests
 from ._digests import GeneDigests
 from ._vocab import GeneVocab
@@ -59,11 +61,16 @@ def _input_keys(inputs: Sequence[Any], file_format: str | None) -> list:
     return keys
 
 
-def _write(digests: GeneDigests, output: Path, build: dict) -> CorpusVocab:
+def _output_files(output: Path, build: dict) -> list[Path]:
+    digest_file = [output / f"gene_digests_{build['name']}.npz"] if build["save_digests"] else []
+    return vocab_file_paths(output, build["name"]) + digest_file
+
+
+def _write(digests: GeneDigests, output: Path, build: dict, overwrite: bool) -> CorpusVocab:
     for p in build["saved"]:
         digests.merge(GeneDigests.load(p))
     vocab = build_vocab(digests, special_tokens=build["special_tokens"], min_cells=build["min_cells"])
-    write_vocab(vocab, output, build["name"], counts=digests.counts())
+    write_vocab(vocab, output, build["name"], counts=digests.counts(), overwrite=overwrite)
     if build["save_digests"]:
         digests.save(output / f"gene_digests_{build['name']}.npz")
     return CorpusVocab(output, digests, vocab)
@@ -94,7 +101,8 @@ def build_corpus_vocab(
         shard: ``(i, n)`` or ``"i/n"``: sketch only the ``i``-th of ``n`` slices of the cells into a
             part; ``geneformer.shards.merge(output)`` then writes the vocabulary. A finished shard is
             not redone (unless ``overwrite``).
-        overwrite: with ``shard``, redo a finished shard.
+        overwrite: replace the files of an existing vocabulary in ``output`` (refused otherwise,
+            before any work); with ``shard``, redo a finished shard.
         digest_options: the options of :func:`compute_gene_digests` (``exact``, ``nproc``,
             ``gene_filter``, ``chunk_size``, ...).
     """
@@ -103,10 +111,13 @@ def build_corpus_vocab(
              "save_digests": bool(save_digests), "saved": [str(p) for p in saved_digests]}
     shard = parse_shard(shard)
     inputs = list(inputs)
+    if output.exists() and not output.is_dir():
+        raise InputFileError(f"--output {output} is a file; give a folder for the vocabulary files.")
     if shard is None:
+        refuse_existing(_output_files(output, build), overwrite)  # before any work
         digests = (compute_gene_digests(inputs, **digest_options) if inputs
                    else GeneDigests(exact=digest_options.get("exact")))
-        return _write(digests, output, build)
+        return _write(digests, output, build, overwrite)
     if not inputs:
         raise OptionError("--shard needs input files (saved digests alone are merged in one run).")
     sketch = {k: digest_options[k] for k in _DIGEST_KEYS if k in digest_options}
@@ -129,7 +140,7 @@ def merge_vocab_shards(output: str | os.PathLike, records: list[dict]) -> Path:
     total = GeneDigests(**records[0].get("sketch", {}))
     for rec in records:
         total.merge(GeneDigests.load(shard_part(output, Shard(*rec["shard"]), ".npz")))
-    result = _write(total, output, records[0]["build"])
+    result = _write(total, output, records[0]["build"], overwrite=True)  # merge() refused an existing output
     logger.info("Merged %d vocab shards (%d cells, %s medians) into %s.", len(records), total.n_cells,
                 total.mode, output)
     return result.path

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -290,6 +291,7 @@ class GeneDigests:
                     off, raw = z["digest_offsets"], z["digest_bytes"].tobytes()
                     self._digests = [TDigest.from_bytes(raw[a:b]) if b > a else None
                                      for a, b in zip(off[:-1].tolist(), off[1:].tolist())]
-        except (OSError, KeyError, ValueError) as exc:
-            raise InputFileError(f"Could not read gene digests from {path}: {exc}") from exc
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputFileError(f"Could not read gene digests from {path}: {exc} (truncated, or not a "
+                                 "--save-digests file)") from exc
         return self

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,8 +26,10 @@ from .._utils import (
     check_choice,
     check_model_version,
     hub_offline,
-    load_plain,
+    load_plain_file,
+    refuse_existing,
     write_bytes,
+    write_json,
     write_pickle,
 )
 
@@ -60,6 +61,8 @@ _JSON_NAMES = {
     "gene_name_id": "gene_name_id_dict.json",
     "ensembl_mapping": "ensembl_mapping_dict.json",
 }
+#: Every file :meth:`GeneVocab.save` writes as JSON.
+VOCAB_JSON_FILES = (*_JSON_NAMES.values(), "vocab.json")
 
 
 def _candidates(folder: Path, version: str, name: str) -> list[Path]:
@@ -74,7 +77,8 @@ def _candidates(folder: Path, version: str, name: str) -> list[Path]:
 
 
 def resolve_dict_file(kind: str, version: str = "V2", path: str | os.PathLike | None = None) -> Path:
-    """Find one published dictionary file: explicit path, ``settings.dicts_dir``, cache, then the hub."""
+    """Find one published dictionary file: explicit path, ``settings.dicts_dir``, cache, then the hub
+    (in a folder, ``NAME.json`` from ``geneformer convert-dict`` is preferred to the pickle ``NAME.pkl``)."""
     version = check_model_version(version)
     if kind not in DICT_FILES[version]:
         raise ValueError(f"Unknown dictionary kind {kind!r}; expected one of {list(DICT_FILES[version])}.")
@@ -89,8 +93,9 @@ def resolve_dict_file(kind: str, version: str = "V2", path: str | os.PathLike | 
         if not folder:
             continue
         for cand in _candidates(Path(folder).expanduser(), version, name):
-            if cand.is_file():
-                return cand
+            for c in (cand.with_suffix(".json"), cand):  # a converted dictionary (convert-dict) is never unpickled
+                if c.is_file():
+                    return c
         searched.append(str(folder))
     try:
         return _download_from_hub(version, name)
@@ -119,17 +124,55 @@ def _download_from_hub(version: str, name: str) -> Path:
 def load_dict_file(path: str | os.PathLike) -> dict:
     """Load a dictionary from a published pickle or from JSON, by extension."""
     p = Path(path)
-    try:
-        if p.suffix == ".json":
-            with open(p) as fh:
-                return json.load(fh)
-        with open(p, "rb") as fh:
-            obj = load_plain(fh, "a dictionary pickle")
-    except (OSError, pickle.UnpicklingError, EOFError, json.JSONDecodeError) as exc:
-        raise VocabularyError(f"Could not read dictionary file {p}: {exc}") from exc
+    if p.suffix == ".json":
+        try:
+            obj = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise VocabularyError(f"Could not read dictionary file {p}: {exc}") from exc
+    else:
+        obj = load_plain_file(p, "dictionary file", error=VocabularyError)
     if not isinstance(obj, dict):
         raise VocabularyError(f"{p} holds a {type(obj).__name__}, expected a dictionary.")
     return obj
+
+
+def convert_dict_file(path: str | os.PathLike, output: str | os.PathLike | None = None, *,
+                      overwrite: bool = False) -> Path:
+    """Convert a dictionary pickle (a published gene dictionary, an id-class dictionary) to JSON once,
+    so that it is never unpickled again; returns the JSON path (default: beside it, ``.json``).
+
+    The pickle is read with the restricted loader; keys must be strings or integers (JSON writes both
+    as strings, which every reader of these files accepts), values plain data (numpy numbers become
+    numbers). An existing output is refused unless ``overwrite``.
+    """
+    import numbers
+
+    src = Path(path)
+    dst = Path(output) if output is not None else src.with_suffix(".json")
+    if dst.resolve() == src.resolve():
+        raise VocabularyError(f"The JSON output {dst} would replace the input; choose another --output.")
+    obj = load_dict_file(src)
+    bad = [k for k in obj if not isinstance(k, (str, numbers.Integral))]
+    if bad:
+        raise VocabularyError(f"{src} has keys JSON cannot hold (e.g. {bad[0]!r} of type {type(bad[0]).__name__}).")
+    refuse_existing(dst, overwrite)
+    write_json(dst, {str(k) if not isinstance(k, str) else k: v for k, v in obj.items()}, indent=None)
+    return dst
+
+
+def _warn_mouse_style(symbols: list[str]) -> None:
+    """Warn when most symbols are written like mouse genes (``Cd3e``): the vocabularies are human and
+    symbols match case-insensitively, so mouse data would be read as the human orthologues' names."""
+    named = [s for s in symbols if s and s.lower() != s.upper()]
+    if len(named) < 10:  # a few genes typed by hand say nothing about the data's species
+        return
+    mixed = sum(1 for s in named if s != s.upper() and "orf" not in s)  # C1orf112 is human
+    if mixed > 0.5 * len(named):
+        example = next(s for s in named if s != s.upper() and "orf" not in s)
+        logger.warning(
+            "%d of %d gene symbols are not upper case (e.g. %r), as mouse symbols are; the vocabulary is human "
+            "and symbols are matched case-insensitively, so mouse genes become the human genes of the same "
+            "name. Map mouse data to human Ensembl IDs first.", mixed, len(named), example)
 
 
 @dataclass
@@ -177,11 +220,15 @@ class GeneVocab:
         try:
             name_id = load_dict_file(resolve_dict_file("gene_name_id", version, gene_name_id_file))
         except VocabularyError as exc:
+            if gene_name_id_file is not None:  # a file the user named must be readable
+                raise
             logger.warning("No gene symbol dictionary (%s); symbols cannot be mapped.", exc)
             name_id = {}
         try:
             mapping = load_dict_file(resolve_dict_file("ensembl_mapping", version, gene_mapping_file))
         except VocabularyError as exc:
+            if gene_mapping_file is not None:
+                raise
             logger.warning("No Ensembl mapping dictionary (%s); using an identity mapping.", exc)
             mapping = {}
         custom = any(f is not None for f in (token_dictionary_file, gene_median_file))
@@ -325,8 +372,9 @@ class GeneVocab:
         upper = {k.upper(): v for k, v in name_id.items()} if name_id else {}
         mapping = self.ensembl_mapping
         out = []
+        symbols = ["" if s is None else str(s).strip() for s in symbols]
+        _warn_mouse_style(symbols)
         for s in symbols:
-            s = "" if s is None else str(s).strip()
             e = name_id.get(s) or upper.get(s.upper()) or mapping.get(s.upper()) or ""
             out.append(e)
         return np.array(out, dtype=object)
