@@ -46,7 +46,7 @@ from ._errors import (
     QuantizationError,
     VocabularyError,
 )
-from ._hub import hub_offline
+from ._hub import forget_hub_probe, hub_endpoint, hub_offline, hub_offline_reason, hub_reachable
 from ._pickle import PlainDataUnpickler, load_plain
 from ._progress import progress_bar, show_progress
 from ._validation import (
@@ -67,7 +67,8 @@ __all__ = [
     "OptionError", "PlainDataUnpickler", "QuantizationError", "VocabularyError", "WorkerError", "atomic_folder",
     "atomic_path", "autocast", "json_default", "bf16_supported", "check_cell_states", "check_choice", "check_columns_listed",
     "check_emb_layer", "check_filter_data", "check_fraction", "check_model_version", "check_positive_int",
-    "compute_dtype", "cuda_available", "doc_params", "free_memory_bytes", "hub_offline", "itemsize",
+    "compute_dtype", "cuda_available", "doc_params", "forget_hub_probe", "free_memory_bytes", "hub_endpoint", "hub_offline", "hub_offline_reason",
+    "hub_reachable", "itemsize",
     "load_plain", "model_device", "move_contents", "ordered_map", "progress_bar", "rank", "refuse_existing",
     "resolve_device", "resolve_dtype", "save_dataset", "save_figure", "show_progress", "state_list",
     "temp_path", "torch_threads", "trainer_device_args", "usable_cpus", "world_size", "write_bytes", "write_csv", "write_json", "write_parquet",

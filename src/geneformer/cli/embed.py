@@ -39,6 +39,8 @@ def embed_command(
     dtype: Optional[str] = typer.Option(None, help="bf16 or fp16 for mixed precision (default fp32)."),
     fmt: str = typer.Option("auto", "--format", help="auto (from the extension), h5ad, parquet, csv or pt."),
     gene_names: Optional[str] = typer.Option(None, help="h5ad input: var column with gene IDs/symbols, or 'index'."),
+    vocab: Optional[Path] = typer.Option(None, "--vocab", help="h5ad input: a vocabulary folder to tokenize with "
+                                         "(default: the model's published V1/V2 vocabulary)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     from ..embeddings import output_format
@@ -46,7 +48,7 @@ def embed_command(
     try:
         fmt = output_format(output, fmt)
         _run(input, model, output, mode, emb_layer, label or [], max_ncells, batch_size, device, dtype, fmt,
-             gene_names, not quiet)
+             gene_names, not quiet, vocab)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
@@ -54,7 +56,7 @@ def embed_command(
 
 
 def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_size, device, dtype, fmt,
-         gene_names, progress) -> None:
+         gene_names, progress, vocab_dir=None) -> None:
     import anndata as ad
     import numpy as np
     import pandas as pd
@@ -63,7 +65,8 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     from ..data import check_columns, column_values, downsample_and_sort, load_tokenized
     from ..embeddings import _outputs as outputs
     from ..embeddings import cell_embeddings, gene_embeddings
-    from ..models import load_model, model_input_size, model_vocab_version
+    from ..models import check_vocab_matches, load_model, model_input_size, model_vocab_version
+    from ..vocab import GeneVocab
     from ..tokenization import match_and_tokenize
 
     if mode not in ("cell", "cls", "gene"):
@@ -72,10 +75,10 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     adata = None
     if input.suffix == ".h5ad":
         adata = ad.read_h5ad(input)
-        version = model_vocab_version(model)
+        version = GeneVocab.from_dir(vocab_dir) if vocab_dir is not None else model_vocab_version(model)
         if version is None:
-            raise ValueError(f"Model {model_name} has a custom vocabulary; tokenize the .h5ad with its vocabulary "
-                             "(`geneformer tokenize --vocab FOLDER`) and embed the dataset.")
+            raise ValueError(f"Model {model_name} has a custom vocabulary; pass its vocabulary folder with --vocab FOLDER.")
+        check_vocab_matches(model, version, source=f"Model {model_name}")
         dataset, _ = match_and_tokenize(adata, version, gene_names=gene_names, model_input_size=model_input_size(model),
                                         progress=progress)
     else:

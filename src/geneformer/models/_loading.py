@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._utils import ModelLoadError, check_emb_layer, hub_offline, resolve_device, resolve_dtype, write_json
+from .._utils import ModelLoadError, check_emb_layer, hub_offline, hub_offline_reason, resolve_device, resolve_dtype, write_json
 from ._attention import ATTN_IMPLEMENTATION as CPU_ATTENTION
 from ._attention import register_cpu_attention
 from ._zoo import LEGACY_NOTE, MODEL_ZOO, ModelSpec, get_spec, vocab_version_for_size
@@ -186,7 +186,7 @@ def load_model(
         return _load_adapter(Path(name_or_path), kind, num_labels, vocab, device, base_model, merge, eval_mode)
     source, kwargs, spec = resolve_model_source(name_or_path)
     kwargs.update(from_pretrained_kwargs)
-    if hub_offline() and not Path(source).is_dir():
+    if not Path(source).is_dir() and hub_offline():
         kwargs.setdefault("local_files_only", True)  # fail at once instead of retrying the network
     if kind in ("cell_classifier", "gene_classifier") and num_labels is not None:
         kwargs["num_labels"] = int(num_labels)
@@ -204,14 +204,7 @@ def load_model(
         logger.info("SDPA attention not available for %s (%s); using eager attention", source, exc)
         model = cls.from_pretrained(source, attn_implementation="eager", **kwargs)
     except OSError as exc:
-        hint = ""
-        if spec is not None:
-            revision = kwargs.get("revision")
-            hint = (f" (zoo model {spec.name}: {spec.repo}, subfolder {spec.subfolder or '/'}"
-                    f"{', revision ' + str(revision) if revision else ''}; needs the hub or its cache, "
-                    "and HF_HUB_OFFLINE must be unset to download"
-                    f"{'; ' + LEGACY_NOTE if spec.legacy and not revision else ''})")
-        raise ModelLoadError(f"Could not load model {name_or_path!r}{hint}: {exc}") from exc
+        raise ModelLoadError(_not_found_message(name_or_path, spec, kwargs, exc)) from exc
     check_vocab_matches(model, vocab, source=f"Model {name_or_path}")
     if spec is not None and model.config.vocab_size != spec.vocab_size:
         logger.warning("%s: vocab_size %d differs from the zoo's %d", spec.name, model.config.vocab_size,
@@ -221,6 +214,18 @@ def load_model(
     if eval_mode:
         model.eval()
     return model
+
+
+def _not_found_message(name_or_path: Any, spec: ModelSpec | None, kwargs: dict, exc: Exception) -> str:
+    """One line: where the model was looked for and how to point at a local copy."""
+    revision = kwargs.get("revision")
+    where = (f"zoo model {spec.name} at {spec.repo}, subfolder {spec.subfolder or '/'}" if spec is not None
+             else f"hub repository {name_or_path}") + (f", revision {revision}" if revision else "")
+    offline = hub_offline_reason()
+    why = f"hub {offline}, and not in the hub cache" if offline else (str(exc).splitlines() or ["not found"])[0]
+    legacy = f" It is {LEGACY_NOTE}." if spec is not None and spec.legacy and not revision else ""
+    return (f"Could not load model {str(name_or_path)!r}: looked for the {where} ({why}).{legacy} Point at a local "
+            "copy: pass its folder (config.json and weights) as the model (--model FOLDER on the CLI).")
 
 
 def _load_adapter(folder: Path, kind: str, num_labels: int | None, vocab: Any, device: Any,
