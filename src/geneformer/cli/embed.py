@@ -67,7 +67,7 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     from ..embeddings import cell_embeddings, gene_embeddings
     from ..models import check_vocab_matches, load_model, model_input_size, model_vocab_version
     from ..vocab import GeneVocab
-    from ..tokenization import match_and_tokenize
+    from ..tokenization import anndata_gene_ids, match_and_tokenize
 
     if mode not in ("cell", "cls", "gene"):
         raise ValueError(f"--mode must be cell, cls or gene, got {mode!r}.")
@@ -92,7 +92,7 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
         if fmt == "h5ad":
             if adata is None:
                 raise ValueError("Gene embeddings go to .h5ad only for .h5ad input; use .parquet or .csv.")
-            outputs.add_gene_embeddings(adata, df)
+            outputs.add_gene_embeddings(adata, df, gene_ids=anndata_gene_ids(adata, version, gene_names))
             outputs.write_h5ad(adata, output)
         else:
             _write_table(df, output, fmt)

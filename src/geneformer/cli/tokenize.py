@@ -33,16 +33,17 @@ def tokenize(
     model_version: str = typer.Option("V2", "--model-version", help="V1 (2,048 genes) or V2 (<cls> + 4,094 + <eos>)."),
     vocab: Optional[Path] = typer.Option(None, help="A vocabulary folder (from build-vocab) instead of V1/V2."),
     attr: List[str] = typer.Option([], "--attr", help="Cell attribute to carry, COL or COL=NEW_NAME; repeatable."),
-    nproc: int = typer.Option(1, help="Worker processes."),
+    nproc: Optional[int] = typer.Option(None, help="Worker processes (default: the CPUs this process may use)."),
     chunk_size: int = typer.Option(512, help="Cells per chunk."),
     file_format: Optional[str] = typer.Option(None, help="Force a format: h5ad, zarr, loom, 10x_h5, 10x_mtx."),
     gene_id_column: Optional[str] = typer.Option(None, help="var column holding Ensembl IDs."),
     gene_symbol_column: Optional[str] = typer.Option(None, help="var column holding gene symbols ('index' for the index)."),
     layer: Optional[str] = typer.Option(None, help="Read counts from this layer ('raw' for raw.X)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output dataset."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Tokenize single-cell files (rank value encoding) into one Hugging Face dataset."""
-    from .._utils import InputFileError, VocabularyError, check_model_version
+    from .._utils import InputFileError, VocabularyError, check_model_version, usable_cpus
     from ..tokenization import dataset_path, tokenize_files
     from ..vocab import GeneVocab
 
@@ -51,8 +52,9 @@ def tokenize(
         out = dataset_path(output, prefix or Path(inputs[0]).name.split(".")[0])
         ds = tokenize_files(
             [str(p) for p in inputs], out, v, file_format=file_format, overwrite=overwrite,
-            custom_attr_name_dict=_parse_attrs(attr), nproc=nproc, chunk_size=chunk_size,
+            custom_attr_name_dict=_parse_attrs(attr), nproc=nproc or usable_cpus(), chunk_size=chunk_size,
             gene_id_column=gene_id_column, gene_symbol_column=gene_symbol_column, layer=layer,
+            progress=False if quiet else None,
         )
     except (InputFileError, VocabularyError, FileExistsError, ValueError, KeyError, OSError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

@@ -6,11 +6,11 @@ from .._utils import VocabularyError
 from ._build import build_vocab, write_vocab
 from ._corpus import GeneFilter, compute_gene_digests, estimate_gene_medians
 from ._digests import GeneDigests
-from ._genes import SYMBOL_COLUMNS, GeneMap, file_gene_ids, looks_like_ensembl
+from ._genes import SYMBOL_COLUMNS, GeneMap, GeneMatch, file_gene_ids, looks_like_ensembl, match_genes
 from ._vocab import DICT_FILES, HUB_SUBFOLDERS, GeneVocab, as_vocab, load_dict_file, load_vocab, resolve_dict_file
 
 __all__ = [
-    "DICT_FILES", "HUB_SUBFOLDERS", "SYMBOL_COLUMNS", "GeneDigests", "GeneFilter", "GeneMap", "GeneVocab", "VocabularyError",
+    "DICT_FILES", "HUB_SUBFOLDERS", "SYMBOL_COLUMNS", "GeneDigests", "GeneFilter", "GeneMap", "GeneMatch", "GeneVocab", "VocabularyError",
     "as_vocab", "build_vocab", "compute_gene_digests", "estimate_gene_medians", "file_gene_ids",
-    "load_dict_file", "load_vocab", "looks_like_ensembl", "resolve_dict_file", "write_vocab",
+    "load_dict_file", "load_vocab", "looks_like_ensembl", "match_genes", "resolve_dict_file", "write_vocab",
 ]
