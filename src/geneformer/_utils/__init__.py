@@ -48,7 +48,7 @@ from ._errors import (
 )
 from ._hub import forget_hub_probe, hub_endpoint, hub_offline, hub_offline_reason, hub_reachable
 from ._pickle import PlainDataUnpickler, load_plain
-from ._progress import progress_bar, show_progress
+from ._progress import progress_bar, quiet_transformers, show_progress
 from ._validation import (
     check_cell_states,
     check_choice,
@@ -69,7 +69,7 @@ __all__ = [
     "check_emb_layer", "check_filter_data", "check_fraction", "check_model_version", "check_positive_int",
     "compute_dtype", "cuda_available", "doc_params", "forget_hub_probe", "free_memory_bytes", "hub_endpoint", "hub_offline", "hub_offline_reason",
     "hub_reachable", "itemsize",
-    "load_plain", "model_device", "move_contents", "ordered_map", "progress_bar", "rank", "refuse_existing",
+    "load_plain", "model_device", "move_contents", "ordered_map", "progress_bar", "quiet_transformers", "rank", "refuse_existing",
     "resolve_device", "resolve_dtype", "save_dataset", "save_figure", "show_progress", "state_list",
     "temp_path", "torch_threads", "trainer_device_args", "usable_cpus", "world_size", "write_bytes", "write_csv", "write_json", "write_parquet",
     "write_pickle", "write_text", "write_with",

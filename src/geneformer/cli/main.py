@@ -25,11 +25,19 @@ def _register_all() -> None:
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="Log debug messages, third-party ones included.")) -> None:
+    _configure_console(verbose)
+
+
+def _configure_console(verbose: bool) -> None:
+    """Our messages at INFO (DEBUG with -v); other libraries' at WARNING (INFO with -v)."""
+    from .._settings import settings
+
+    # records of the geneformer logger reach the root handler whatever the root level
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    settings.verbosity = "debug" if verbose else "info"  # "debug" also lets transformers' own output through
 
 
 _register_all()

@@ -18,7 +18,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._utils import ModelLoadError, check_emb_layer, hub_offline, hub_offline_reason, resolve_device, resolve_dtype, write_json
+from .._utils import (
+    ModelLoadError,
+    check_emb_layer,
+    hub_offline,
+    hub_offline_reason,
+    quiet_transformers,
+    resolve_device,
+    resolve_dtype,
+    write_json,
+)
 from ._attention import ATTN_IMPLEMENTATION as CPU_ATTENTION
 from ._attention import register_cpu_attention
 from ._zoo import LEGACY_NOTE, MODEL_ZOO, ModelSpec, get_spec, vocab_version_for_size
@@ -197,12 +206,14 @@ def load_model(
     if attn_implementation == CPU_ATTENTION:
         register_cpu_attention()
     try:
-        model = cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
+        with quiet_transformers():
+            model = cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
     except (ValueError, ImportError) as exc:
         if attn_implementation != "sdpa" or "sdpa" not in str(exc).lower():
             raise ModelLoadError(f"Could not load {name_or_path}: {exc}") from exc
         logger.info("SDPA attention not available for %s (%s); using eager attention", source, exc)
-        model = cls.from_pretrained(source, attn_implementation="eager", **kwargs)
+        with quiet_transformers():
+            model = cls.from_pretrained(source, attn_implementation="eager", **kwargs)
     except OSError as exc:
         raise ModelLoadError(_not_found_message(name_or_path, spec, kwargs, exc)) from exc
     check_vocab_matches(model, vocab, source=f"Model {name_or_path}")
