@@ -44,6 +44,7 @@ def embed_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     from ..embeddings import output_format
+    from ._flags import cli_spelling
 
     try:
         fmt = output_format(output, fmt)
@@ -51,7 +52,7 @@ def embed_command(
              gene_names, not quiet, vocab)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {cli_spelling(msg)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
 
 
@@ -66,8 +67,8 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     from ..embeddings import _outputs as outputs
     from ..embeddings import cell_embeddings, gene_embeddings
     from ..models import check_vocab_matches, load_model, model_input_size, model_vocab_version
-    from ..vocab import GeneVocab
     from ..tokenization import anndata_gene_ids, match_and_tokenize
+    from ..vocab import GeneVocab
 
     if mode not in ("cell", "cls", "gene"):
         raise ValueError(f"--mode must be cell, cls or gene, got {mode!r}.")
@@ -94,8 +95,12 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
                 raise ValueError("Gene embeddings go to .h5ad only for .h5ad input; use .parquet or .csv.")
             outputs.add_gene_embeddings(adata, df, gene_ids=anndata_gene_ids(adata, version, gene_names))
             outputs.write_h5ad(adata, output)
+        elif fmt == "pt":
+            outputs.write_tensor(df, output)
         else:
-            _write_table(df, output, fmt)
+            if adata is None:
+                version = GeneVocab.from_dir(vocab_dir) if vocab_dir is not None else model_vocab_version(model)
+            _write_table(_with_symbols(df, version), output, fmt)
         typer.echo(f"Wrote embeddings of {len(df)} genes ({df.shape[1]} dims) to {output}")
         return
     embs = cell_embeddings(model, dataset, mode=mode, **kw)
@@ -115,11 +120,22 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     typer.echo(f"Wrote {mode} embeddings of {len(embs)} cells ({embs.shape[1]} dims) to {output}")
 
 
+def _with_symbols(df, vocab):
+    """Gene embeddings as a table: ``ensembl_id``, ``symbol`` (empty where unknown), then 0..H-1."""
+    from ..vocab import as_vocab
+
+    to_symbol = as_vocab(vocab).ensembl_to_symbol if vocab is not None else {}
+    table = df.reset_index(names="ensembl_id")
+    table.insert(1, "symbol", [to_symbol.get(str(g), "") for g in table["ensembl_id"]])
+    return table
+
+
 def _write_table(df, output, fmt) -> None:
+    from .._utils import write_csv
     from ..embeddings import _outputs as outputs
 
     if fmt == "csv":
-        outputs.write_csv(df, output)
+        write_csv(output, df, index=False)  # the columns say what each is: no unnamed index column
     elif fmt == "parquet":
         outputs.write_parquet(df, output)
     else:

@@ -27,7 +27,10 @@ Examples:
       --gene-classes dosage.json --output runs/dosage
 """
 
-PREDICT_HELP = """Predict with a fine-tuned model folder (from `geneformer finetune`, OUTPUT/model).
+PREDICT_HELP = """Predict with a fine-tuned model: its folder (from `geneformer finetune`, OUTPUT/model) or a hub id.
+
+--model takes the spellings of the other commands; a zoo name (a pretrained model, without a trained
+classifier head) is answered with how to fine-tune it first.
 
 Writes one row per cell (cell_id when the dataset has one, pred_label, prob_<class>...), or for a gene
 classifier one row per gene with its class probabilities averaged over the cells that express it.
@@ -76,18 +79,20 @@ def finetune_command(
 
 def predict_command(
     dataset: Path = typer.Argument(..., help="Tokenized dataset folder.", exists=True),
-    model: Path = typer.Option(..., "--model", "-m", help="Fine-tuned model folder.", exists=True),
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Fine-tuned model: a folder (OUTPUT/model of finetune) or a hub repository id."),
     output: Path = typer.Option(..., "--output", "-o", help="Output CSV file."),
     batch_size: int = typer.Option(100, "--batch-size", "-b", help="Cells per forward batch."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
+    from .._utils import GeneformerError
     from ..train import predict
 
     try:
         table = predict(dataset, model, output, batch_size=batch_size, device=device,
                         progress=False if quiet else None)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, GeneformerError) as exc:
         _fail(exc)
     typer.echo(f"Wrote {len(table)} predictions to {output}")
 
@@ -108,8 +113,10 @@ def _read_gene_classes(path: Path) -> dict:
 
 
 def _fail(exc: Exception) -> None:
+    from ._flags import cli_spelling
+
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {cli_spelling(msg)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2) from None
 
 

@@ -7,9 +7,28 @@ import logging
 
 import typer
 
+HELP = """Geneformer: tokenize single-cell data, embed, perturb and fine-tune transformer models.
+
+Models: zoo names (geneformer models) or folders. Dictionaries: GENEFORMER_DICTS_DIR, the cache or the hub.
+
+Every command has examples of its own: geneformer COMMAND --help.
+
+Examples:
+
+  geneformer tokenize pbmc.h5ad --output tokens/ --attr cell_type
+
+  geneformer embed tokens/pbmc.dataset --model Geneformer-V2-104M --output embs.parquet --label cell_type
+
+  geneformer finetune tokens/pbmc.dataset --model Geneformer-V1-10M --label cell_type --output runs/pbmc
+
+  geneformer perturb tokens/pbmc.dataset --model Geneformer-V2-104M --output isp/ --genes LYZ
+
+  geneformer models
+"""
+
 app = typer.Typer(
     name="geneformer",
-    help="Geneformer: tokenize single-cell data, embed, perturb and fine-tune transformer models.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -46,6 +46,7 @@ def tokenize(
     from .._utils import InputFileError, VocabularyError, check_model_version, usable_cpus
     from ..tokenization import dataset_path, tokenize_files
     from ..vocab import GeneVocab
+    from ._flags import cli_spelling
 
     try:
         v = GeneVocab.from_dir(vocab) if vocab is not None else check_model_version(model_version)
@@ -57,7 +58,8 @@ def tokenize(
             progress=False if quiet else None,
         )
     except (InputFileError, VocabularyError, FileExistsError, ValueError, KeyError, OSError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        typer.secho(f"error: {cli_spelling(msg)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from exc
     typer.echo(f"Wrote {len(ds)} cells to {out}")
 

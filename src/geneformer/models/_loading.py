@@ -269,6 +269,32 @@ def is_adapter_folder(folder: Any) -> bool:
         return False
 
 
+def finetuned_folder(name_or_path: "str | os.PathLike") -> Path:
+    """A fine-tuned model as a local folder: the folder itself, or a hub repository id downloaded to the
+    hub cache. A zoo name is refused with what to do (the zoo holds pretrained models only)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if name in MODEL_ZOO or name.lower() in {k.lower() for k in MODEL_ZOO}:
+        raise ModelLoadError(
+            f"{name!r} is a pretrained zoo model without a trained classifier head; fine-tune it first "
+            f"(`geneformer finetune --model {name} ...` or geneformer.train.finetune) and predict with the "
+            "run's OUTPUT/model folder."
+        )
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or path.exists():
+        raise ModelLoadError(f"Fine-tuned model {name!r} is neither a folder nor a hub repository id (owner/name).")
+    from huggingface_hub import snapshot_download
+
+    offline = hub_offline_reason()
+    try:
+        return Path(snapshot_download(repo_id=name, local_files_only=bool(offline)))
+    except Exception as exc:  # network errors, unknown repository, offline without a cached copy
+        why = f"hub {offline}, and not in the hub cache" if offline else (str(exc).splitlines() or ["not found"])[0]
+        raise ModelLoadError(f"Could not fetch the fine-tuned model {name!r} from the hub ({why}). Point at a local "
+                             "copy: pass its folder as the model (--model FOLDER on the CLI).") from exc
+
+
 def write_finetune_meta(folder: str | os.PathLike, **meta: Any) -> None:
     """Record what a fine-tuned folder holds (kind, classes, base model) beside the weights."""
     write_json(Path(folder) / FINETUNE_META, meta, default=str)

@@ -211,7 +211,8 @@ def _id2label(model: Any, folder: Path) -> dict[int, str]:
 
 def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.PathLike | None = None, *,
             batch_size: int | None = 100, device: Any = None, progress: bool | None = None) -> pd.DataFrame:
-    """Predict with a fine-tuned folder; writes ``output_csv`` when given and returns the table.
+    """Predict with a fine-tuned model (a folder, or a hub repository id); writes ``output_csv`` when given
+    and returns the table.
 
     Cell classifiers: ``cell_id`` (when the dataset has one), ``row``, ``pred_label``, ``prob_<class>``.
     Gene classifiers: one row per gene seen — ``gene``, ``token_id``, ``n_positions``, ``pred_label``
@@ -221,9 +222,9 @@ def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.Pat
 
     from ..data import as_sequences, load_tokenized
     from ..inference import run_model
-    from ..models import finetuned_kind, load_finetuned, read_finetune_meta
+    from ..models import finetuned_folder, finetuned_kind, load_finetuned, read_finetune_meta
 
-    folder = Path(model_dir)
+    folder = finetuned_folder(model_dir)
     ds = load_tokenized(dataset)
     kind = finetuned_kind(folder)
     model = load_finetuned(folder, kind, device=device)
