@@ -82,3 +82,16 @@ def test_trainer_log_dicts_are_not_printed(tmp_path, capfd):
         trainer.callback_handler.on_log(args, TrainerState(), TrainerControl(), logs={"loss": 0.123, "epoch": 1.0})
     out, err = capfd.readouterr()
     assert "0.123" not in out + err and "'loss'" not in out + err
+
+
+def test_datasets_bars_are_off_unless_verbose(monkeypatch):
+    from typer.testing import CliRunner
+
+    from geneformer.cli.main import app
+
+    monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "")  # restored (or removed) after the test
+    monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS")
+    assert CliRunner().invoke(app, ["-v", "models"]).exit_code == 0  # the run without -v resets the verbosity
+    assert "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ
+    assert CliRunner().invoke(app, ["models"]).exit_code == 0
+    assert os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"

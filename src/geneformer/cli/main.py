@@ -51,8 +51,12 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 def _configure_console(verbose: bool) -> None:
     """Our messages at INFO (DEBUG with -v); other libraries' at WARNING (INFO with -v)."""
+    import os
+
     from .._settings import settings
 
+    if not verbose:  # read when datasets is imported: its Map/Filter/Saving bars are not ours
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     # records of the geneformer logger reach the root handler whatever the root level
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
