@@ -10,6 +10,9 @@ from typing import Literal, get_args
 
 #: The Hugging Face hub repository of the published models and dictionaries.
 HUB_REPO = "ctheodoris/Geneformer"
+#: The hub's default address (``HF_ENDPOINT`` overrides it) and how long one reachability probe may take.
+HUB_ENDPOINT = "https://huggingface.co"
+HUB_PROBE_TIMEOUT_S = 3.0
 
 # ---- tokens ------------------------------------------------------------------------------------
 PAD, MASK, CLS, EOS = "<pad>", "<mask>", "<cls>", "<eos>"

@@ -13,7 +13,7 @@
 
 Unset values fall back to the environment at the time they are read: ``GENEFORMER_DICTS_DIR``
 (dictionary folder), ``GENEFORMER_CACHE`` (cache folder, else ``$XDG_CACHE_HOME/geneformer`` or
-``~/.cache/geneformer``) and ``HF_HUB_OFFLINE`` (no hub downloads).
+``~/.cache/geneformer``) and ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` (no hub downloads).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class GeneformerSettings:
     def hub_offline(self) -> bool:
         if self._hub_offline is not None:
             return self._hub_offline
-        return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+        return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
     @hub_offline.setter
     def hub_offline(self, value: bool | None) -> None:

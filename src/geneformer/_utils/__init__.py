@@ -57,10 +57,10 @@ from ._errors import (
     QuantizationError,
     VocabularyError,
 )
-from ._hub import hub_offline
+from ._hub import forget_hub_probe, hub_endpoint, hub_offline, hub_offline_reason, hub_reachable
 from ._optional import optional_module
 from ._pickle import PlainDataUnpickler, load_plain, load_plain_file
-from ._progress import progress_bar, show_progress
+from ._progress import progress_bar, quiet_transformers, show_progress
 from ._shards import (
     Shard,
     ShardError,
@@ -100,6 +100,7 @@ __all__ = [
     "check_emb_layer", "check_filter_data", "check_fraction", "check_model_version", "check_positive_int",
     "compute_dtype", "cuda_available", "doc_params", "free_memory_bytes", "host_to_device", "hub_offline", "itemsize",
     "load_plain", "model_device", "move_contents", "optional_module", "ordered_map", "progress_bar", "rank", "refuse_existing",
+    "forget_hub_probe", "hub_endpoint", "hub_offline_reason", "hub_reachable", "quiet_transformers",
     "resolve_device", "resolve_dtype", "save_dataset", "save_figure", "show_progress", "state_list",
     "temp_path", "torch_threads", "trainer_device_args", "usable_cpus", "world_size", "write_bytes", "write_csv", "write_json", "write_parquet",
     "write_pickle", "write_text", "write_with",

@@ -27,7 +27,7 @@ from .._constants import ROW_COLUMN
 from .._utils import save_dataset
 from ..embeddings import OBSM_KEY, add_cell_embeddings, add_gene_embeddings
 from ..models import MODEL_ZOO, load_model, model_input_size, model_vocab_version
-from ..tokenization import match_and_tokenize
+from ..tokenization import anndata_gene_ids, match_and_tokenize
 from ._config import GeneformerConfig
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,10 @@ class Geneformer:
                  custom_attr_name_dict: dict | None = None, **kwargs: Any) -> Any:
         """Rank-value encode an AnnData for this model (its vocabulary, input size and special tokens).
 
-        ``gene_names`` names the var column holding Ensembl IDs or symbols ("index" for var_names;
-        default: ``var['ensembl_id']`` when present, else the index). Returns a datasets.Dataset with
-        ``input_ids``, ``length``, the carried obs columns and ``_gf_row`` (the obs position); how many
+        Genes are named by the package's one rule: the Ensembl ID where present, the symbol for the rest
+        (:func:`geneformer.vocab.match_genes`). ``gene_names`` names the var column holding the Ensembl IDs
+        or the symbols ("index" for var_names; default: ``var['ensembl_id']``, then a symbol column or the
+        index). Returns a datasets.Dataset with ``input_ids``, ``length``, the carried obs columns and ``_gf_row`` (the obs position); how many
         genes matched the vocabulary is kept in ``gene_match``.
         """
         dataset, self.gene_match = match_and_tokenize(
@@ -165,8 +166,7 @@ class Geneformer:
             add_cell_embeddings(adata, embs, key=key, rows=rows)
             if genes:
                 gene_df = self._embed_dataset(dataset, "gene", emb_layer, batch_size, dtype)
-                add_gene_embeddings(adata, gene_df, key=key,
-                                    gene_id_column="ensembl_id" if "ensembl_id" in adata.var.columns else None)
+                add_gene_embeddings(adata, gene_df, key=key, gene_ids=anndata_gene_ids(adata, self.vocab))
             if rows is not None and len(rows) < adata.n_obs:
                 logger.warning("%d of %d cells had no vocabulary genes and got NaN embeddings.",
                                adata.n_obs - len(rows), adata.n_obs)

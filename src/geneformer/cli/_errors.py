@@ -32,13 +32,16 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 
 def message(exc: BaseException) -> str:
-    """The one-line message of an error (a ``KeyError``'s own text, not its repr)."""
+    """The one-line message of an error (a ``KeyError``'s own text, not its repr), with the core's
+    parameter names spelled as the command line's flags."""
+    from ._flags import cli_spelling
+
     if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
+        return cli_spelling(str(exc.args[0]))
     text = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
-    return text
+    return cli_spelling(text)
 
 
 def fail(exc: BaseException) -> None:

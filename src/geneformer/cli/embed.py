@@ -43,6 +43,8 @@ def embed_command(
     dtype: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (default: bf16 on a CUDA GPU that supports it, else fp32)."),
     fmt: str = typer.Option("auto", "--format", help="auto (from the extension), h5ad, parquet, csv or pt."),
     gene_names: Optional[str] = typer.Option(None, help="h5ad input: var column with gene IDs/symbols, or 'index'."),
+    vocab: Optional[Path] = typer.Option(None, "--vocab", help="h5ad input: a vocabulary folder to tokenize with "
+                                         "(default: the model's published V1/V2 vocabulary)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: embed only slice I (from 0) of N; then `geneformer merge OUTPUT`."
@@ -62,18 +64,19 @@ def embed_command(
     check_positive_int("--max-ncells", max_ncells, allow_none=True)
     check_positive_int("--batch-size", batch_size, allow_none=True)
     _run(input, model, output, mode, emb_layer, label or [], max_ncells, batch_size, device, dtype, fmt,
-         gene_names, not quiet, shard, chunk_rows, resume=not overwrite)
+         gene_names, not quiet, shard, chunk_rows, resume=not overwrite, vocab_dir=vocab)
 
 
 def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_size, device, dtype, fmt,
-         gene_names, progress, shard=None, chunk_rows=4096, resume=True) -> None:
+         gene_names, progress, shard=None, chunk_rows=4096, resume=True, vocab_dir=None) -> None:
 
     from .._utils import InputFileError
     from ..data import load_tokenized
     from ..embeddings import embed_to_file
     from ..io import read_anndata
-    from ..models import load_model, model_input_size, model_vocab_version
+    from ..models import check_vocab_matches, load_model, model_input_size, model_vocab_version
     from ..tokenization import match_and_tokenize
+    from ..vocab import GeneVocab
 
     if mode not in ("cell", "cls", "gene"):
         raise ValueError(f"--mode must be cell, cls or gene, got {mode!r}.")
@@ -81,10 +84,10 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     adata = None
     if input.suffix == ".h5ad":
         adata = read_anndata(input)
-        version = model_vocab_version(model)
+        version = GeneVocab.from_dir(vocab_dir) if vocab_dir is not None else model_vocab_version(model)
         if version is None:
-            raise ValueError(f"Model {model_name} has a custom vocabulary; tokenize the .h5ad with its vocabulary "
-                             "(`geneformer tokenize --vocab FOLDER`) and embed the dataset.")
+            raise ValueError(f"Model {model_name} has a custom vocabulary; pass its vocabulary folder with --vocab FOLDER.")
+        check_vocab_matches(model, version, source=f"Model {model_name}")
         try:
             dataset, _ = match_and_tokenize(adata, version, gene_names=gene_names,
                                             model_input_size=model_input_size(model), progress=progress)
@@ -97,7 +100,8 @@ def _run(input, model_name, output, mode, emb_layer, labels, max_ncells, batch_s
     path = embed_to_file(model, dataset, output, mode=mode, emb_layer=emb_layer, labels=labels, max_ncells=max_ncells,
                          batch_size=batch_size, device=device, dtype=dtype, fmt=fmt,
                          adata=adata if fmt == "h5ad" else None, shard=shard, chunk_rows=chunk_rows,
-                         resume=resume, progress=progress)
+                         resume=resume, gene_names=gene_names, vocab=version if adata is not None else None,
+                         progress=progress)
     if path is not None:  # None: another rank's process, or a shard (the log says how to merge)
         typer.echo(f"Wrote {mode} embeddings to {output}")
 

@@ -38,7 +38,10 @@ Examples:
 #: the CLI's budget for cell classifiers (the reference's 10 epochs are hours on a CPU)
 CLI_CELL_EPOCHS, CLI_PATIENCE = 5.0, 2
 
-PREDICT_HELP = """Predict with a fine-tuned model folder (from `geneformer finetune`, OUTPUT/model).
+PREDICT_HELP = """Predict with a fine-tuned model: its folder (from `geneformer finetune`, OUTPUT/model) or a hub id.
+
+--model takes the spellings of the other commands; a zoo name (a pretrained model, without a trained
+classifier head) is answered with how to fine-tune it first.
 
 Writes one row per cell (cell_id when the dataset has one, pred_label, prob_<class>...), or for a gene
 classifier one row per gene with its class probabilities averaged over the cells that express it.
@@ -76,17 +79,14 @@ def finetune_command(
 ) -> None:
     from ..train import finetune
 
-    try:
-        gcd = _read_gene_classes(gene_classes) if gene_classes else None
-        if epochs is None and classifier == "cell":
-            epochs = CLI_CELL_EPOCHS
-        res = finetune(dataset, model, output, label=label, classifier=classifier, gene_class_dict=gcd,
-                       head=head, early_stopping=early_stopping or None, epoch_summary=not quiet,
-                       epochs=epochs, learning_rate=lr, batch_size=batch_size, freeze_layers=freeze_layers,
-                       lora=lora, n_trials=n_trials, test_size=test_size, seed=seed, max_ncells=max_ncells,
-                       class_weights="balanced" if class_weights else None, progress=False if quiet else None)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(exc)
+    gcd = _read_gene_classes(gene_classes) if gene_classes else None
+    if epochs is None and classifier == "cell":
+        epochs = CLI_CELL_EPOCHS
+    res = finetune(dataset, model, output, label=label, classifier=classifier, gene_class_dict=gcd,
+                   head=head, early_stopping=early_stopping or None, epoch_summary=not quiet,
+                   epochs=epochs, learning_rate=lr, batch_size=batch_size, freeze_layers=freeze_layers,
+                   lora=lora, n_trials=n_trials, test_size=test_size, seed=seed, max_ncells=max_ncells,
+                   class_weights="balanced" if class_weights else None, progress=False if quiet else None)
     m = res.metrics
     auc = f", ROC-AUC {m['roc_auc']:.3f}" if m.get("roc_auc") is not None else ""
     typer.echo(f"Test macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}{auc} "
@@ -95,7 +95,8 @@ def finetune_command(
 
 def predict_command(
     dataset: Path = typer.Argument(..., help="Tokenized dataset folder.", exists=True),
-    model: Path = typer.Option(..., "--model", "-m", help="Fine-tuned model folder.", exists=True),
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Fine-tuned model: a folder (OUTPUT/model of finetune) or a hub repository id."),
     output: Path = typer.Option(..., "--output", "-o", help="Output CSV file."),
     batch_size: int = typer.Option(100, "--batch-size", "-b", help="Cells per forward batch."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -104,11 +105,8 @@ def predict_command(
 ) -> None:
     from ..train import predict
 
-    try:
-        table = predict(dataset, model, output, batch_size=batch_size, device=device,
-                        progress=False if quiet else None, overwrite=overwrite)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        _fail(exc)
+    table = predict(dataset, model, output, batch_size=batch_size, device=device,
+                    progress=False if quiet else None, overwrite=overwrite)
     typer.echo(f"Wrote {len(table)} predictions to {output}")
 
 
@@ -125,12 +123,6 @@ def _read_gene_classes(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a dictionary {{class: [Ensembl IDs]}}.")
     return data
-
-
-def _fail(exc: Exception) -> None:
-    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -10,9 +10,28 @@ import typer
 
 from ._errors import guarded
 
+HELP = """Geneformer: tokenize single-cell data, embed, perturb and fine-tune transformer models.
+
+Models: zoo names (geneformer models) or folders. Dictionaries: GENEFORMER_DICTS_DIR, the cache or the hub.
+
+Every command has examples of its own: geneformer COMMAND --help.
+
+Examples:
+
+  geneformer tokenize pbmc.h5ad --output tokens/ --attr cell_type
+
+  geneformer embed tokens/pbmc.dataset --model Geneformer-V2-104M --output embs.parquet --label cell_type
+
+  geneformer finetune tokens/pbmc.dataset --model Geneformer-V1-10M --label cell_type --output runs/pbmc
+
+  geneformer perturb tokens/pbmc.dataset --model Geneformer-V2-104M --output isp/ --genes LYZ
+
+  geneformer models
+"""
+
 app = typer.Typer(
     name="geneformer",
-    help="Geneformer: tokenize single-cell data, embed, perturb and fine-tune transformer models.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -36,11 +55,23 @@ def _register_all() -> None:
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="Log debug messages, third-party ones included.")) -> None:
+    _configure_console(verbose)
+
+
+def _configure_console(verbose: bool) -> None:
+    """Our messages at INFO (DEBUG with -v); other libraries' at WARNING (INFO with -v)."""
+    import os
+
+    from .._settings import settings
+
+    if not verbose:  # read when datasets is imported: its Map/Filter/Saving bars are not ours
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # records of the geneformer logger reach the root handler whatever the root level
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    settings.verbosity = "debug" if verbose else "info"  # "debug" also lets transformers' own output through
 
 
 _register_all()

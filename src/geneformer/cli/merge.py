@@ -25,14 +25,9 @@ def merge_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing merged output."),
 ) -> None:
     """Merge the parts of a sharded run (tokenize, build-vocab, embed, perturb) into its output."""
-    from .._utils import GeneformerError
     from ..shards import merge
 
-    try:
-        path = merge(output, overwrite=overwrite)
-    except (GeneformerError, FileExistsError, OSError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+    path = merge(output, overwrite=overwrite)
     typer.echo(f"Merged the shards of {output} into {path}")
 
 

@@ -25,15 +25,26 @@ def models_command(
     if as_json:
         typer.echo(json.dumps([s.to_dict() for s in specs], indent=1))
         return
-    header = f"{'name':<30} {'also known as':<28} {'vocab':<5} {'input':>5} {'layers':>6} {'hidden':>6} {'heads':>5} {'params':>7}  hub"
-    typer.echo(header)
-    typer.echo("-" * len(header))
-    for s in specs:
-        where = f"{s.repo}/{s.subfolder or ''}" + (f"@{s.revision[:7]}" if s.revision else "")
-        typer.echo(
-            f"{s.name:<30} {', '.join(s.aliases) or '-':<28} {s.vocab_version:<5} {s.input_size:>5} "
-            f"{s.num_layers:>6} {s.hidden_size:>6} {s.num_heads:>5} {s.n_params / 1e6:>6.0f}M  {where}"
-        )
+    rows = [(s.name, ", ".join(s.aliases) or "-", s.vocab_version, str(s.input_size), str(s.num_layers),
+             str(s.hidden_size), str(s.num_heads), f"{s.n_params / 1e6:.0f}M",
+             f"{s.repo}/{s.subfolder or ''}" + (f"@{s.revision[:7]}" if s.revision else "")) for s in specs]
+    typer.echo("\n".join(format_table(HEADER, rows, RIGHT_ALIGNED)))
+
+
+HEADER = ("name", "also known as", "vocab", "input", "layers", "hidden", "heads", "params", "hub")
+RIGHT_ALIGNED = {"input", "layers", "hidden", "heads", "params"}
+
+
+def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[str]) -> list[str]:
+    """Header, rule and rows with every column as wide as its widest cell (numbers right-aligned)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if h in right else c.ljust(w)
+                         for c, w, h in zip(cells, widths, header)).rstrip()
+
+    head = line(header)
+    return [head, "-" * len(head), *(line(r) for r in rows)]
 
 
 def register(app: typer.Typer) -> None:

@@ -44,7 +44,7 @@ def tokenize(
     model_version: str = typer.Option("V2", "--model-version", help="V1 (2,048 genes) or V2 (<cls> + 4,094 + <eos>)."),
     vocab: Optional[Path] = typer.Option(None, help="A vocabulary folder (from build-vocab) instead of V1/V2."),
     attr: List[str] = typer.Option([], "--attr", help="Cell attribute to carry, COL or COL=NEW_NAME; repeatable."),
-    nproc: int = typer.Option(1, help="Worker processes."),
+    nproc: Optional[int] = typer.Option(None, help="Worker processes (default: the CPUs this process may use)."),
     chunk_size: int = typer.Option(512, help="Cells per chunk."),
     file_format: Optional[str] = typer.Option(None, help="Force a format: h5ad, zarr, loom, 10x_h5, 10x_mtx, soma."),
     gene_id_column: Optional[str] = typer.Option(None, help="var column holding Ensembl IDs."),
@@ -59,9 +59,10 @@ def tokenize(
                                              help="SOMA: obs value filter, e.g. \"tissue_general == 'blood'\"."),
     var_id_column: Optional[str] = typer.Option(None, "--var-id-column",
                                                 help="SOMA: the var column of Ensembl IDs (default feature_id)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Tokenize single-cell files (rank value encoding) into one Hugging Face dataset."""
-    from .._utils import check_model_version
+    from .._utils import check_model_version, usable_cpus
     from ..tokenization import dataset_path, tokenize_files
     from ..vocab import GeneVocab
 
@@ -70,8 +71,9 @@ def tokenize(
     soma = {"measurement": measurement, "value_filter": obs_filter, "var_id_column": var_id_column}
     ds = tokenize_files(
         list(inputs), out, v, file_format=file_format, overwrite=overwrite,
-        custom_attr_name_dict=_parse_attrs(attr), nproc=nproc, chunk_size=chunk_size,
+        custom_attr_name_dict=_parse_attrs(attr), nproc=nproc or usable_cpus(), chunk_size=chunk_size,
         gene_id_column=gene_id_column, gene_symbol_column=gene_symbol_column, layer=layer, shard=shard,
+        progress=False if quiet else None,
         reader_options={k: val for k, val in soma.items() if val is not None},
     )
     if shard is not None:

@@ -32,7 +32,10 @@ class TranscriptomeTokenizer:
     Arguments follow the reference ``TranscriptomeTokenizer``; ``model_version="V1"`` selects the
     V1 dictionaries, 2,048 input size and no special tokens (overriding the dictionary files, as the
     reference does). Extra keyword arguments: ``gene_id_column``, ``gene_symbol_column``, ``layer``,
-    ``vocab`` (a :class:`GeneVocab`, overriding the dictionary files).
+    ``vocab`` (a :class:`GeneVocab`, overriding the dictionary files), ``symbol_fallback``. Genes are
+    named by the package's one rule (:func:`geneformer.vocab.match_genes`) with the reference's choice
+    ``symbol_fallback=False``: Ensembl IDs alone, so that the output equals the reference's; the log
+    says how many genes with an empty ID ``symbol_fallback=True`` would add.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class TranscriptomeTokenizer:
         gene_id_column: str | None = None,
         gene_symbol_column: str | None = None,
         layer: str | None = None,
+        symbol_fallback: bool = False,
     ):
         model_version = check_model_version(model_version)
         if model_version == "V1":
@@ -70,7 +74,7 @@ class TranscriptomeTokenizer:
             vocab, model_input_size=model_input_size, special_token=special_token,
             custom_attr_name_dict=custom_attr_name_dict, chunk_size=chunk_size, gene_id_column=gene_id_column,
             gene_symbol_column=gene_symbol_column, use_h5ad_index=use_h5ad_index, layer=layer,
-            keep_counts=keep_counts, collapse_gene_ids=collapse_gene_ids,
+            keep_counts=keep_counts, collapse_gene_ids=collapse_gene_ids, symbol_fallback=symbol_fallback,
         )
         self.nproc = check_positive_int("nproc", nproc)
         self.custom_attr_name_dict = self.settings.attr_map

@@ -54,6 +54,7 @@ from .._utils import (
     shard_part,
     shards_dir,
     world_size,
+    write_csv,
     write_json,
     write_parquet,
 )
@@ -93,6 +94,7 @@ def embed_to_file(
     shard: Any = None,
     resume: bool = True,
     chunk_rows: int = CHUNK_ROWS,
+    gene_names: str | None = None,
     progress: bool | None = None,
 ) -> Path | None:
     """Embed the cells of a tokenized dataset into ``output`` (.parquet, .csv, .h5ad or .pt).
@@ -150,7 +152,7 @@ def embed_to_file(
     meta = {"mode": mode, "fmt": fmt, "labels": labels, "hidden": int(model.config.hidden_size),
             "n_cells": int(len(lengths)), "fresh_adata": adata is None or max_ncells is not None,
             "adata": os.path.abspath(adata) if isinstance(adata, (str, os.PathLike)) else None,
-            "vocab_version": model_vocab_version(model)}
+            "vocab_version": model_vocab_version(model), "gene_names": gene_names}
     fp = fingerprint(settings={**meta, "emb_layer": emb_layer, "max_ncells": max_ncells, "chunk_rows": chunk_rows,
                                "special": [special.cls_id, special.eos_id, special.pad_id]},
                      model=model_digest(model), cells=_cells_digest(ds, lengths))
@@ -345,13 +347,13 @@ def _stream_parquet(output: Path, meta: dict) -> None:
 
 
 def _stream_csv(output: Path, meta: dict) -> None:
-    """The reference's CSV layout (index, columns 0..H-1, labels), one chunk at a time."""
+    """Columns 0..H-1, then the labels (no index column), one chunk at a time."""
     start = 0
     with atomic_path(output) as tmp, open(tmp, "w", newline="") as fh:
         for table in _iter_chunks(meta):
             df = table.to_pandas()
             df.index = range(start, start + len(df))
-            df.to_csv(fh, header=start == 0)
+            df.to_csv(fh, header=start == 0, index=False)  # the columns say what each is: no unnamed index
             start += len(df)
 
 
@@ -424,13 +426,18 @@ def _write_genes(output: Path, meta: dict, adata: Any) -> None:
     if meta["fmt"] == "h5ad":
         import anndata as ad
 
+        from ..tokenization import anndata_gene_ids
+
         target = ad.read_h5ad(adata) if isinstance(adata, (str, os.PathLike)) else adata
-        outputs.add_gene_embeddings(target, df)
+        # back to the var rows by the rule that matched them (the ID where present, else the symbol)
+        ids = (anndata_gene_ids(target, meta["vocab_version"], meta.get("gene_names"))
+               if meta.get("vocab_version") else None)
+        outputs.add_gene_embeddings(target, df, gene_ids=ids)
         outputs.write_h5ad(target, output)
     elif meta["fmt"] == "csv":
-        outputs.write_csv(df, output)
+        write_csv(output, outputs.gene_table(df, meta.get("vocab_version")), index=False)
     elif meta["fmt"] == "parquet":
-        outputs.write_parquet(df, output)
+        outputs.write_parquet(outputs.gene_table(df, meta.get("vocab_version")), output)
     else:
         outputs.write_tensor(df, output)
 

@@ -30,6 +30,16 @@ def embedding_frame(embs: np.ndarray, labels: Mapping[str, Sequence] | pd.DataFr
     return df
 
 
+def gene_table(df: pd.DataFrame, vocab: Any = None) -> pd.DataFrame:
+    """Gene embeddings as a table: ``ensembl_id``, ``symbol`` (empty where unknown), then 0..H-1."""
+    from ..vocab import as_vocab
+
+    to_symbol = as_vocab(vocab).ensembl_to_symbol if vocab is not None else {}
+    table = df.reset_index(names="ensembl_id")
+    table.insert(1, "symbol", [to_symbol.get(str(g), "") for g in table["ensembl_id"]])
+    return table
+
+
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """CSV with the index, as the reference writes ``{prefix}.csv`` (atomically)."""
     return _atomic.write_csv(path, df)
@@ -79,14 +89,18 @@ def add_cell_embeddings(adata: Any, embs: np.ndarray, key: str = OBSM_KEY,
 
 
 def add_gene_embeddings(adata: Any, gene_df: pd.DataFrame, key: str = GENE_KEY,
-                        gene_id_column: str | None = None) -> Any:
+                        gene_id_column: str | None = None, gene_ids: Any = None) -> Any:
     """Store gene embeddings (rows indexed by Ensembl ID).
 
-    When the var names (or ``var[gene_id_column]``) are Ensembl IDs matching the rows, the embeddings go
+    When the var names (or ``var[gene_id_column]``, or ``gene_ids``: one Ensembl ID per var row, e.g.
+    from :func:`geneformer.tokenization.anndata_gene_ids`) are Ensembl IDs matching the rows, the embeddings go
     to ``adata.varm[key]`` aligned to var (NaN for genes without an embedding); the full table is
     always kept in ``adata.uns['geneformer_gene_embeddings']``.
     """
-    ids = adata.var[gene_id_column].astype(str) if gene_id_column else adata.var_names.astype(str)
+    if gene_ids is not None:
+        ids = pd.Index(np.asarray(gene_ids, dtype=object).astype(str))
+    else:
+        ids = adata.var[gene_id_column].astype(str) if gene_id_column else adata.var_names.astype(str)
     emb_cols = [c for c in gene_df.columns if np.issubdtype(gene_df[c].dtype, np.number)]
     table = gene_df[emb_cols]
     matched = pd.Index(ids).isin(table.index)

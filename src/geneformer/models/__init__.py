@@ -33,6 +33,7 @@ from ._heads import CellModelConfig, EncoderWithHead, GeneformerCellModel, build
 from ._loading import (
     check_model_folder,
     check_vocab_matches,
+    finetuned_folder,
     finetuned_kind,
     init_model,
     is_adapter_folder,
@@ -66,7 +67,7 @@ __all__ = [
     "DEFAULT_MODEL", "HUB_REPO", "MODEL_ZOO", "AttentionPool", "GeneformerForMaskedLM", "GeneformerMultiTask",
     "ModelLoadError", "ModelSpec", "QuantizationError", "apply_lora", "as_lora_config", "bert_config_kwargs",
     "blocked_attention", "bnb_config", "check_model_folder", "check_quantization_available", "check_vocab_matches",
-    "attention_probabilities", "fast_embeddings", "fast_layer_forward", "geneformer_cpu_attention", "register_cpu_attention", "finetuned_kind", "first_position_forward", "freeze_encoder_layers", "get_spec", "init_model", "is_adapter_folder",
+    "attention_probabilities", "fast_embeddings", "fast_layer_forward", "geneformer_cpu_attention", "register_cpu_attention", "finetuned_folder", "finetuned_kind", "first_position_forward", "freeze_encoder_layers", "get_spec", "init_model", "is_adapter_folder",
     "layer_index", "list_models", "load_classifier", "load_finetuned", "load_model", "lora_config",
     "masked_accuracy", "model_emb_dims", "model_input_size", "model_size_mb", "model_vocab_version", "n_layers",
     "normalise_kind", "quantize_dynamic_int8", "read_finetune_meta", "resolve_device", "resolve_dtype",

@@ -24,7 +24,7 @@ from transformers import BertConfig, BertModel, BertPreTrainedModel, PretrainedC
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .._constants import CELL_EMB_MODES, CELL_HEAD_KINDS, CellEmbMode, CellHeadKind
-from .._utils import ModelLoadError, OptionError, check_choice, check_emb_layer, resolve_device
+from .._utils import ModelLoadError, OptionError, check_choice, check_emb_layer, quiet_transformers, resolve_device
 from ._loading import check_vocab_matches, layer_index, load_model, resolve_model_source
 
 
@@ -71,8 +71,9 @@ class EncoderWithHead(BertPreTrainedModel):
         source, kwargs, _ = resolve_model_source(name_or_path)
         try:
             config = cls.complete_config(cls.config_class.from_pretrained(source, **kwargs), source, **kwargs)
-            model, info = cls.from_pretrained(source, config=config, output_loading_info=True,
-                                              attn_implementation="sdpa", **kwargs, **model_kwargs)
+            with quiet_transformers():
+                model, info = cls.from_pretrained(source, config=config, output_loading_info=True,
+                                                  attn_implementation="sdpa", **kwargs, **model_kwargs)
         except OSError as exc:
             raise ModelLoadError(f"Could not load {cls.__name__} from {name_or_path!r}: {exc}") from exc
         missing = sorted(info.get("missing_keys") or [])

@@ -18,7 +18,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._utils import ModelLoadError, check_emb_layer, hub_offline, resolve_device, resolve_dtype, write_json
+from .._utils import (
+    ModelLoadError,
+    check_emb_layer,
+    hub_offline,
+    hub_offline_reason,
+    quiet_transformers,
+    resolve_device,
+    resolve_dtype,
+    write_json,
+)
 from ._attention import ATTN_IMPLEMENTATION as CPU_ATTENTION
 from ._attention import register_cpu_attention
 from ._zoo import LEGACY_NOTE, MODEL_ZOO, ModelSpec, get_spec, vocab_version_for_size
@@ -213,7 +222,7 @@ def load_model(
         return _load_adapter(Path(name_or_path), kind, num_labels, vocab, device, base_model, merge, eval_mode)
     source, kwargs, spec = resolve_model_source(name_or_path)
     kwargs.update(from_pretrained_kwargs)
-    if hub_offline() and not Path(source).is_dir():
+    if not Path(source).is_dir() and hub_offline():
         kwargs.setdefault("local_files_only", True)  # fail at once instead of retrying the network
     if kind in ("cell_classifier", "gene_classifier") and num_labels is not None:
         kwargs["num_labels"] = int(num_labels)
@@ -228,21 +237,16 @@ def load_model(
     from safetensors import SafetensorError
 
     try:
-        model = cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
+        with quiet_transformers():
+            model = cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
     except (ValueError, ImportError) as exc:
         if attn_implementation != "sdpa" or "sdpa" not in str(exc).lower():
             raise ModelLoadError(f"Could not load {name_or_path}: {exc}") from exc
         logger.info("SDPA attention not available for %s (%s); using eager attention", source, exc)
-        model = cls.from_pretrained(source, attn_implementation="eager", **kwargs)
+        with quiet_transformers():
+            model = cls.from_pretrained(source, attn_implementation="eager", **kwargs)
     except OSError as exc:
-        hint = ""
-        if spec is not None:
-            revision = kwargs.get("revision")
-            hint = (f" (zoo model {spec.name}: {spec.repo}, subfolder {spec.subfolder or '/'}"
-                    f"{', revision ' + str(revision) if revision else ''}; needs the hub or its cache, "
-                    "and HF_HUB_OFFLINE must be unset to download"
-                    f"{'; ' + LEGACY_NOTE if spec.legacy and not revision else ''})")
-        raise ModelLoadError(f"Could not load model {name_or_path!r}{hint}: {exc}") from exc
+        raise ModelLoadError(_not_found_message(name_or_path, spec, kwargs, exc)) from exc
     except SafetensorError as exc:
         raise ModelLoadError(f"Could not load model {name_or_path}: its weights file is truncated or not a "
                              f"safetensors file ({exc}).") from exc
@@ -255,6 +259,18 @@ def load_model(
     if eval_mode:
         model.eval()
     return model
+
+
+def _not_found_message(name_or_path: Any, spec: ModelSpec | None, kwargs: dict, exc: Exception) -> str:
+    """One line: where the model was looked for and how to point at a local copy."""
+    revision = kwargs.get("revision")
+    where = (f"zoo model {spec.name} at {spec.repo}, subfolder {spec.subfolder or '/'}" if spec is not None
+             else f"hub repository {name_or_path}") + (f", revision {revision}" if revision else "")
+    offline = hub_offline_reason()
+    why = f"hub {offline}, and not in the hub cache" if offline else (str(exc).splitlines() or ["not found"])[0]
+    legacy = f" It is {LEGACY_NOTE}." if spec is not None and spec.legacy and not revision else ""
+    return (f"Could not load model {str(name_or_path)!r}: looked for the {where} ({why}).{legacy} Point at a local "
+            "copy: pass its folder (config.json and weights) as the model (--model FOLDER on the CLI).")
 
 
 def _load_adapter(folder: Path, kind: str, num_labels: int | None, vocab: Any, device: Any,
@@ -287,6 +303,32 @@ def is_adapter_folder(folder: Any) -> bool:
         return (Path(folder).expanduser() / "adapter_config.json").is_file()
     except (TypeError, OSError):
         return False
+
+
+def finetuned_folder(name_or_path: "str | os.PathLike") -> Path:
+    """A fine-tuned model as a local folder: the folder itself, or a hub repository id downloaded to the
+    hub cache. A zoo name is refused with what to do (the zoo holds pretrained models only)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if name in MODEL_ZOO or name.lower() in {k.lower() for k in MODEL_ZOO}:
+        raise ModelLoadError(
+            f"{name!r} is a pretrained zoo model without a trained classifier head; fine-tune it first "
+            f"(`geneformer finetune --model {name} ...` or geneformer.train.finetune) and predict with the "
+            "run's OUTPUT/model folder."
+        )
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or path.exists():
+        raise ModelLoadError(f"Fine-tuned model {name!r} is neither a folder nor a hub repository id (owner/name).")
+    from huggingface_hub import snapshot_download
+
+    offline = hub_offline_reason()
+    try:
+        return Path(snapshot_download(repo_id=name, local_files_only=bool(offline)))
+    except Exception as exc:  # network errors, unknown repository, offline without a cached copy
+        why = f"hub {offline}, and not in the hub cache" if offline else (str(exc).splitlines() or ["not found"])[0]
+        raise ModelLoadError(f"Could not fetch the fine-tuned model {name!r} from the hub ({why}). Point at a local "
+                             "copy: pass its folder as the model (--model FOLDER on the CLI).") from exc
 
 
 def write_finetune_meta(folder: str | os.PathLike, **meta: Any) -> None:

@@ -7,7 +7,7 @@ vocabulary (:func:`tokenizer_settings`) and run the pipeline (:func:`tokenize_to
 AnnData for a model with its genes named in one column.
 """
 
-from ._anndata import TokenizedAnnData, match_and_tokenize
+from ._anndata import TokenizedAnnData, anndata_gene_ids, match_and_tokenize
 from ._encode import rank_value_encode
 from ._inputs import dataset_path, find_input_files
 from ._options import ChunkStats, FileReport, TokenizerSettings, tokenizer_settings
@@ -25,8 +25,8 @@ from ._writer import DatasetWriter, write_dataset
 
 __all__ = [
     "ChunkStats", "DatasetWriter", "FileReport", "TokenizedAnnData", "TokenizerSettings", "dataset_path",
-    "empty_schema", "find_input_files", "iter_batches", "log_summary", "match_and_tokenize", "merge_token_shards",
-    "rank_value_encode",
+    "anndata_gene_ids", "empty_schema", "find_input_files", "iter_batches", "log_summary", "match_and_tokenize",
+    "merge_token_shards", "rank_value_encode",
     "tokenize_anndata", "tokenize_files", "tokenize_in_memory", "tokenize_to_disk", "tokenizer_settings",
     "write_dataset",
 ]

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from .._constants import ROW_COLUMN
 from .._utils import doc_params
 from ..io import anndata_counts
-from ..vocab import GeneVocab, as_vocab
+from ..vocab import GeneVocab, as_vocab, match_genes
 from ._options import DOCS
 from ._pipeline import tokenize_anndata
 
@@ -33,18 +33,42 @@ def _row_totals(X: Any) -> np.ndarray:
     return (np.asarray(X.sum(axis=1)).ravel() if sp.issparse(X) else np.asarray(X).sum(axis=1)).astype(np.float64)
 
 
-def _gene_match(ids: np.ndarray, looks_ensembl: bool, vocab: GeneVocab) -> tuple[int, int]:
-    """How many of ``ids`` (Ensembl IDs, or symbols) are vocabulary genes; logged, with a warning under 20%."""
-    ens = ids if looks_ensembl else vocab.symbols_to_ensembl(ids)
-    matched = int(sum(1 for m in vocab.canonical_ids(list(ens)) if m))
-    name = vocab.version or "custom"
-    logger.info("%d of %d genes matched the %s vocabulary.", matched, len(ids), name)
-    if len(ids) and matched / len(ids) < 0.2:
-        logger.warning(
-            "Only %d of %d genes matched the %s vocabulary; check gene_names (Ensembl IDs or symbols of the "
-            "right species).", matched, len(ids), name,
+def _gene_columns(gene_names: str | None, var: Any) -> dict[str, Any]:
+    """The ``match_genes`` choice a ``gene_names`` argument makes: which source it names (IDs or symbols)."""
+    if gene_names in (None, "auto"):
+        return {}
+    if gene_names == "index":
+        values = var.index.astype(str)
+    elif gene_names in var.columns:
+        values = var[gene_names].astype(str)
+    else:
+        raise KeyError(
+            f"gene_names={gene_names!r} is neither 'index' nor a var column; var columns: {list(var.columns)}."
         )
-    return matched, len(ids)
+    # the model-card rule (a prefix test, looser than vocab.looks_like_ensembl's pattern)
+    looks_ensembl = bool(np.mean([s.upper().startswith("ENS") for s in values]) > 0.5) if len(values) else False
+    if gene_names == "index":
+        return {"use_index": True} if looks_ensembl else {"gene_symbol_column": "index"}
+    return {"gene_id_column": gene_names} if looks_ensembl else {"gene_symbol_column": gene_names}
+
+
+def anndata_gene_ids(adata: Any, vocab: GeneVocab | str | os.PathLike | None = "V2",
+                     gene_names: str | None = None) -> np.ndarray:
+    """The vocabulary Ensembl ID of each var row (``""`` where none) by :func:`match_and_tokenize`'s rule:
+    where its gene embeddings go back in the AnnData."""
+    vocab = as_vocab(vocab)
+    var, choice = _gene_choice(gene_names, adata.var)
+    return vocab.canonical_ids(match_genes(var, vocab, **choice).ids)
+
+
+def _gene_choice(gene_names: str | None, var: Any) -> tuple[Any, dict[str, Any]]:
+    """``var`` (with the index as a column when it names the IDs) and the ``match_genes`` keywords."""
+    choice = _gene_columns(gene_names, var)
+    if choice.pop("use_index", False):  # tokenize_anndata takes an ID column: the index as one
+        var = var.copy()
+        var[_GENE_COLUMN] = var.index.astype(str)
+        choice["gene_id_column"] = _GENE_COLUMN
+    return var, choice
 
 
 @doc_params(**DOCS)
@@ -67,14 +91,16 @@ def match_and_tokenize(
     """Tokenize an in-memory AnnData whose genes are named by ``gene_names``; the caller's AnnData is
     not modified.
 
-    Ensembl IDs or symbols are told apart by the names (most starting with "ENS": Ensembl IDs).
-    ``n_counts`` is each cell's total when ``obs`` has none.
+    Genes follow the one rule of :func:`geneformer.vocab.match_genes`: the Ensembl ID where present,
+    the symbol for the rest. ``gene_names`` names one of the two sources; whether it holds Ensembl IDs
+    or symbols is told by the names (most starting with "ENS": Ensembl IDs). ``n_counts`` is each
+    cell's total when ``obs`` has none.
 
     Args:
         adata: the AnnData.
         {vocab}
-        gene_names: the var column naming the genes, "index" for ``var_names``, or None/"auto" for
-            ``var['ensembl_id']`` when present, else the index.
+        gene_names: the var column of Ensembl IDs or symbols, "index" for ``var_names``, or None/"auto":
+            ``var['ensembl_id']`` where present, symbols (a symbol column or the index) for the rest.
         {custom_attr_name_dict}
         row_column: also carry each cell's obs position as ``_gf_row`` (``_constants.ROW_COLUMN``),
             so results can be written back in place.
@@ -94,21 +120,14 @@ def match_and_tokenize(
 
     vocab = as_vocab(vocab)
     X, var = anndata_counts(adata, layer)
-    var = var.copy()
-    if gene_names in (None, "auto"):
-        gene_names = "ensembl_id" if "ensembl_id" in var.columns else "index"
-    if gene_names == "index":
-        var[_GENE_COLUMN] = var.index.astype(str)
-        column = _GENE_COLUMN
-    elif gene_names in var.columns:
-        column = gene_names
-    else:
-        raise KeyError(
-            f"gene_names={gene_names!r} is neither 'index' nor a var column; var columns: {list(var.columns)}."
+    var, choice = _gene_choice(gene_names, var)
+    gm = match_genes(var, vocab, **choice)
+    match = (gm.n_matched, gm.n_genes)
+    if gm.n_genes and gm.n_matched / gm.n_genes < 0.2:
+        logger.warning(
+            "Only %d of %d genes matched the %s vocabulary; check gene_names (Ensembl IDs or symbols of the "
+            "right species).", gm.n_matched, gm.n_genes, vocab.version or "custom",
         )
-    ids = var[column].astype(str).to_numpy()
-    # the model-card rule (a prefix test, looser than vocab.looks_like_ensembl's pattern)
-    looks_ensembl = bool(np.mean([s.upper().startswith("ENS") for s in ids]) > 0.5) if len(ids) else False
     obs = adata.obs.copy()
     if "n_counts" not in obs.columns:
         obs["n_counts"] = _row_totals(X)
@@ -116,12 +135,10 @@ def match_and_tokenize(
     if row_column:
         obs[ROW_COLUMN] = np.arange(adata.n_obs, dtype=np.int64)
         attrs[ROW_COLUMN] = ROW_COLUMN
-    match = _gene_match(ids, looks_ensembl, vocab)
     light = ad.AnnData(X=X, obs=obs, var=var)  # shares the matrix
-    gene_kw = {"gene_id_column": column} if looks_ensembl else {"gene_symbol_column": column}
     dataset = tokenize_anndata(
         light, vocab, custom_attr_name_dict=attrs, model_input_size=model_input_size, special_token=special_token,
         nproc=nproc, chunk_size=chunk_size, keep_counts=keep_counts, collapse_gene_ids=collapse_gene_ids,
-        progress=progress, **gene_kw,
+        progress=progress, **choice,
     )
     return TokenizedAnnData(dataset, match)

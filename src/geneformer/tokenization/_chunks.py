@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from .._utils import InputFileError
 from ..io import FORMATS, QC_COLUMNS, CellReader, CellTotals, open_reader
-from ..vocab import GeneMap, file_gene_ids
+from ..vocab import GeneMap, match_genes
 from ._encode import rank_value_encode
 from ._options import ChunkStats, FileReport, TokenizerSettings
 
@@ -40,11 +40,16 @@ def prepare_file(reader: CellReader, settings: TokenizerSettings, report: FileRe
     """Map the file's genes onto the vocabulary and read its cell table (the ``rows`` only, when
     given); fills the report's sources."""
     src = reader.describe()
-    ids, gene_source = file_gene_ids(
+    match = match_genes(
         reader.var, settings.vocab, gene_id_column=settings.gene_id_column,
         gene_symbol_column=settings.gene_symbol_column, use_index=settings.use_h5ad_index, source=src,
+        symbol_fallback=settings.symbol_fallback,
     )
-    gmap = GeneMap.build(ids, settings.vocab, collapse=settings.collapse_gene_ids, source=src)
+    gene_source = match.describe()
+    if match.n_symbol_unused:
+        logger.warning("%s: %d genes with an empty Ensembl ID have a symbol in the vocabulary and are left out "
+                       "(symbol_fallback=True names them by symbol).", src, match.n_symbol_unused)
+    gmap = GeneMap.build(match.ids, settings.vocab, collapse=settings.collapse_gene_ids, source=src)
     report.gene_overlap, report.gene_source = gmap.overlap, gene_source
     vname = settings.vocab.version or "custom"
     if gmap.n_genes == 0:

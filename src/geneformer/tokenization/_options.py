@@ -24,8 +24,11 @@ DOCS = {
     "custom_attr_name_dict": """custom_attr_name_dict: cell attributes to carry, ``{input column: output column}``.""",
     "chunk_size": """chunk_size: cells encoded at a time (a worker task is two chunks).""",
     "gene_id_column": """gene_id_column: the gene table column of Ensembl IDs (default: ``var['ensembl_id']``,
-            else the index when it holds Ensembl IDs, else symbols).""",
-    "gene_symbol_column": """gene_symbol_column: read genes as symbols from this column ("index" for the index).""",
+            else the index when it holds Ensembl IDs). Genes whose ID is empty are named by their symbol.""",
+    "gene_symbol_column": """gene_symbol_column: the column of gene symbols ("index" for the index) naming the genes
+            without an Ensembl ID (default: a ``gene_symbol``-like column, else the index when it holds no IDs).""",
+    "symbol_fallback": """symbol_fallback: name genes whose Ensembl ID is empty by their symbol (False: the IDs alone,
+            as the reference tokenizer).""",
     "layer": """layer: read counts from this layer ("raw" for ``raw.X``; None: X or the loom matrix).""",
     "keep_counts": """keep_counts: also write ``counts``, each token's ``x / n_counts * 10,000``.""",
     "collapse_gene_ids": """collapse_gene_ids: map IDs through the Ensembl mapping and sum the columns of one gene
@@ -47,6 +50,7 @@ class TokenizerSettings:
     gene_symbol_column: str | None = None
     use_h5ad_index: bool = False
     layer: str | None = None
+    symbol_fallback: bool = True
     attr_map: dict[str, str] = field(default_factory=dict)  # input column -> output column
     read_options: dict = field(default_factory=dict)  # more reader options (e.g. a SOMA value_filter)
 
@@ -75,6 +79,7 @@ def tokenizer_settings(
     keep_counts: bool = False,
     collapse_gene_ids: bool = True,
     reader_options: dict | None = None,
+    symbol_fallback: bool = True,
 ) -> TokenizerSettings:
     """Settings from a vocabulary: input size and special tokens follow it unless given.
 
@@ -92,6 +97,7 @@ def tokenizer_settings(
         {collapse_gene_ids}
         reader_options: more keyword arguments of :func:`geneformer.io.open_reader`, e.g. for a SOMA
             experiment ``measurement``, ``value_filter`` and ``var_id_column``.
+        {symbol_fallback}
     """
     vocab = as_vocab(vocab)
     if special_token is None:
@@ -108,7 +114,8 @@ def tokenizer_settings(
         special_token=bool(special_token), collapse_gene_ids=bool(collapse_gene_ids), keep_counts=bool(keep_counts),
         chunk_size=check_positive_int("chunk_size", chunk_size), gene_id_column=gene_id_column,
         gene_symbol_column=gene_symbol_column, use_h5ad_index=bool(use_h5ad_index), layer=layer,
-        attr_map=check_attr_map(custom_attr_name_dict), read_options=dict(reader_options or {}),
+        symbol_fallback=bool(symbol_fallback), attr_map=check_attr_map(custom_attr_name_dict),
+        read_options=dict(reader_options or {}),
     )
 
 

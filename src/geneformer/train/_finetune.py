@@ -257,8 +257,8 @@ def _check_finetuned(folder: Path) -> None:
 def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.PathLike | None = None, *,
             batch_size: int | None = 100, device: Any = None, progress: bool | None = None,
             overwrite: bool = False) -> pd.DataFrame:
-    """Predict with a fine-tuned folder; writes ``output_csv`` when given and returns the table
-    (an existing ``output_csv`` is refused unless ``overwrite``).
+    """Predict with a fine-tuned model (a folder, or a hub repository id); writes ``output_csv`` when given
+    and returns the table (an existing ``output_csv`` is refused unless ``overwrite``).
 
     Cell classifiers: ``cell_id`` (when the dataset has one), ``row``, ``pred_label``, ``prob_<class>``.
     Gene classifiers: one row per gene seen — ``gene``, ``token_id``, ``n_positions``, ``pred_label``
@@ -268,9 +268,9 @@ def predict(dataset: Any, model_dir: str | os.PathLike, output_csv: str | os.Pat
 
     from ..data import as_sequences, load_tokenized
     from ..inference import run_model
-    from ..models import finetuned_kind, load_finetuned, read_finetune_meta
+    from ..models import finetuned_folder, finetuned_kind, load_finetuned, read_finetune_meta
 
-    folder = Path(model_dir)
+    folder = finetuned_folder(model_dir)
     check_positive_int("batch_size", batch_size, allow_none=True)
     if output_csv is not None:
         if Path(output_csv).is_dir():

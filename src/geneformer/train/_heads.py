@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback
 from .._utils import show_progress, trainer_device_args
 from ..embeddings import gene_position_mask
 from ..inference import collate
+from ._console import quiet_trainer_console
 from ._dropout_attention import use_fused_attention_dropout
 from ._trainer import training_arguments
 
@@ -92,10 +93,7 @@ class HeadTrainer(Trainer):
         self._run = [0.0, 0]  # loss x cells, cells
         self._epoch = [0.0, 0]
         self.add_callback(_Hooks(self))
-        if self.args.disable_tqdm:  # quiet means quiet: no printed metrics either
-            from transformers.trainer_callback import PrinterCallback
-
-            self.remove_callback(PrinterCallback)
+        quiet_trainer_console(self)
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         n = int(inputs["input_ids"].shape[0])

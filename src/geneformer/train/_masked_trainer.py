@@ -13,6 +13,7 @@ from transformers import Trainer, TrainerCallback
 
 from .._constants import IGNORE_INDEX
 from ._collators import DataCollatorForMaskedGenes
+from ._console import quiet_trainer_console
 from ._corpus import column_array
 from ._dropout_attention import use_fused_attention_dropout
 from ._sampler import LengthGroupedSampler
@@ -67,6 +68,7 @@ class MaskedGeneTrainer(Trainer):
         if model is not None:
             use_fused_attention_dropout(model, fused_attention_dropout)
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, *rest, **kwargs)
+        quiet_trainer_console(self)
         self._example_lengths = None
         if lengths is not None:
             self._example_lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)

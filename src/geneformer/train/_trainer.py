@@ -9,6 +9,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .._constants import IGNORE_INDEX
+from ._console import quiet_trainer_console
 
 
 def trainer_metrics(eval_pred) -> dict[str, float]:
@@ -33,6 +34,7 @@ class ClassifierTrainer(Trainer):
 
     def __init__(self, *args: Any, class_weights: Sequence[float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        quiet_trainer_console(self)
         self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -34,6 +34,110 @@ def _strip_version(ids: np.ndarray) -> np.ndarray:
     return np.array([i.split(".")[0] if _ENSEMBL_RE.match(i) else i for i in ids], dtype=object)
 
 
+@dataclass
+class GeneMatch:
+    """A file's genes as Ensembl IDs (``""`` where unknown), and how many each source matched.
+
+    ``ids`` holds one entry per file gene: the Ensembl ID of the ID source where it is non-empty,
+    else the symbol source's symbol mapped through the vocabulary. ``n_by_id``/``n_by_symbol``
+    count file genes that are vocabulary genes through each; ``n_symbol_unused`` counts genes with an
+    empty ID whose symbol is a vocabulary gene but was not used (``symbol_fallback=False``).
+    """
+
+    ids: np.ndarray
+    id_source: str | None  # e.g. "var['ensembl_id']"; None: symbols only
+    symbol_source: str | None  # e.g. "the var index"; None: Ensembl IDs only
+    n_by_id: int
+    n_by_symbol: int
+    n_symbol_unused: int = 0
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_matched(self) -> int:
+        return self.n_by_id + self.n_by_symbol
+
+    def describe(self) -> str:
+        """Where the genes came from and how many each source matched, in a few words."""
+        parts = []
+        if self.id_source is not None:
+            parts.append(f"Ensembl IDs in {self.id_source} ({self.n_by_id:,} matched)")
+        if self.symbol_source is not None:
+            rest = " for the empty IDs" if self.id_source is not None else ""
+            parts.append(f"gene symbols in {self.symbol_source}{rest} ({self.n_by_symbol:,} matched)")
+        return " and ".join(parts) or "no gene source"
+
+
+def _clean(values: Any) -> np.ndarray:
+    s = pd.Series(values, dtype=object)
+    return s.where(s.notna(), "").astype(str).str.strip().replace({"nan": "", "None": ""}).to_numpy(dtype=object)
+
+
+def match_genes(
+    var: pd.DataFrame,
+    vocab: GeneVocab,
+    *,
+    gene_id_column: str | None = None,
+    gene_symbol_column: str | None = None,
+    use_index: bool = False,
+    symbol_fallback: bool = True,
+    source: str = "input",
+) -> GeneMatch:
+    """The one rule naming a file's genes: the Ensembl ID where present (non-empty), symbols for the rest.
+
+    The ID source is ``use_index`` (the var index), ``gene_id_column``, ``var['ensembl_id']``, or the
+    var index when it holds Ensembl IDs; the symbol source is ``gene_symbol_column`` ("index" for the
+    index), a column named like :data:`SYMBOL_COLUMNS`, or the var index when it does not hold IDs.
+    Without an ID source, symbols name every gene; ``symbol_fallback=False`` uses the IDs alone (the
+    reference tokenizer's rule), counting in ``n_symbol_unused`` what the symbols would have added.
+    """
+    def col(name: str) -> np.ndarray:
+        if name not in var.columns:
+            raise InputFileError(
+                f"{source} has no gene column {name!r}; its gene columns are {list(var.columns)}."
+            )
+        return _clean(var[name].astype(object).to_numpy())
+
+    index = _clean(var.index.astype(str).to_numpy(dtype=object))
+    index_is_ids = looks_like_ensembl(index) > 0.5
+    id_name: str | None = None
+    if use_index:
+        id_name, raw_ids = "the var index", index
+    elif gene_id_column is not None:
+        id_name, raw_ids = f"var[{gene_id_column!r}]", col(gene_id_column)
+    elif "ensembl_id" in var.columns and gene_symbol_column != "ensembl_id":
+        id_name, raw_ids = "var['ensembl_id']", col("ensembl_id")
+    elif index_is_ids and gene_symbol_column != "index":
+        id_name, raw_ids = "the var index", index
+    sym_name: str | None = None
+    if gene_symbol_column is not None:
+        sym_name = "the var index" if gene_symbol_column == "index" else f"var[{gene_symbol_column!r}]"
+        symbols = index if gene_symbol_column == "index" else col(gene_symbol_column)
+    else:
+        name = next((n for n in SYMBOL_COLUMNS if n in var.columns), None)
+        if name is not None:
+            sym_name, symbols = f"var[{name!r}]", col(name)
+        elif not index_is_ids and id_name != "the var index":
+            sym_name, symbols = "the var index", index
+
+    if id_name is None:
+        ids = vocab.symbols_to_ensembl(symbols)
+        return GeneMatch(ids, None, sym_name, 0, int((vocab.canonical_ids(ids) != "").sum()))
+    ids = _strip_version(raw_ids)
+    by_id = vocab.canonical_ids(ids) != ""
+    empty = ids == ""
+    if sym_name is None or not empty.any():
+        return GeneMatch(ids, id_name, None, int(by_id.sum()), 0)
+    filled = np.array(ids, dtype=object)
+    filled[empty] = vocab.symbols_to_ensembl(symbols[empty])
+    by_symbol = int((vocab.canonical_ids(filled[empty]) != "").sum())
+    if not symbol_fallback:
+        return GeneMatch(ids, id_name, None, int(by_id.sum()), 0, n_symbol_unused=by_symbol)
+    return GeneMatch(filled, id_name, sym_name, int(by_id.sum()), by_symbol)
+
+
 def file_gene_ids(
     var: pd.DataFrame,
     vocab: GeneVocab,
@@ -42,36 +146,13 @@ def file_gene_ids(
     gene_symbol_column: str | None = None,
     use_index: bool = False,
     source: str = "input",
+    symbol_fallback: bool = True,
 ) -> tuple[np.ndarray, str]:
-    """Ensembl IDs of a file's genes (``""`` where unknown) and a phrase saying where they came from.
-
-    Order of preference: ``gene_symbol_column`` (symbols mapped through the vocabulary), ``use_index``,
-    ``gene_id_column``, ``var['ensembl_id']``, the var index when it holds Ensembl IDs, then a
-    symbol column or the index read as gene symbols.
-    """
-    def col(name: str) -> np.ndarray:
-        if name not in var.columns:
-            raise InputFileError(
-                f"{source} has no gene column {name!r}; its gene columns are {list(var.columns)}."
-            )
-        return var[name].astype(object).where(var[name].notna(), "").astype(str).to_numpy(dtype=object)
-
-    index = var.index.astype(str).to_numpy(dtype=object)
-    if gene_symbol_column is not None:
-        symbols = index if gene_symbol_column == "index" else col(gene_symbol_column)
-        return vocab.symbols_to_ensembl(symbols), f"gene symbols in {gene_symbol_column!r}"
-    if use_index:
-        return _strip_version(index), "the var index"
-    if gene_id_column is not None:
-        return _strip_version(col(gene_id_column)), f"var[{gene_id_column!r}]"
-    if "ensembl_id" in var.columns:
-        return _strip_version(col("ensembl_id")), "var['ensembl_id']"
-    if looks_like_ensembl(index) > 0.5:
-        return _strip_version(index), "the var index (Ensembl IDs)"
-    for name in SYMBOL_COLUMNS:
-        if name in var.columns:
-            return vocab.symbols_to_ensembl(col(name)), f"gene symbols in var[{name!r}]"
-    return vocab.symbols_to_ensembl(index), "gene symbols in the var index"
+    """Ensembl IDs of a file's genes (``""`` where unknown) and a phrase saying where they came from:
+    :func:`match_genes`'s rule (the Ensembl ID where present, symbols for the rest)."""
+    m = match_genes(var, vocab, gene_id_column=gene_id_column, gene_symbol_column=gene_symbol_column,
+                    use_index=use_index, symbol_fallback=symbol_fallback, source=source)
+    return m.ids, m.describe()
 
 
 @dataclass

@@ -25,7 +25,7 @@ from .._utils import (
     atomic_path,
     check_choice,
     check_model_version,
-    hub_offline,
+    hub_offline_reason,
     load_plain_file,
     refuse_existing,
     write_bytes,
@@ -89,31 +89,39 @@ def resolve_dict_file(kind: str, version: str = "V2", path: str | os.PathLike | 
         return p
     name = DICT_FILES[version][kind]
     searched: list[str] = []
-    for folder in (settings.dicts_dir, settings.cache_dir / "dicts"):
+    for label, folder in (("GENEFORMER_DICTS_DIR", settings.dicts_dir), ("the cache", settings.cache_dir / "dicts")):
         if not folder:
+            searched.append(f"{label} (unset)")
             continue
         for cand in _candidates(Path(folder).expanduser(), version, name):
             for c in (cand.with_suffix(".json"), cand):  # a converted dictionary (convert-dict) is never unpickled
                 if c.is_file():
                     return c
-        searched.append(str(folder))
+        searched.append(f"{label} {folder}")
+    offline = hub_offline_reason()
     try:
-        return _download_from_hub(version, name)
+        return _download_from_hub(version, name, local_only=bool(offline))
     except Exception as exc:  # network errors, offline mode, missing package
+        why = offline or (str(exc).splitlines() or [type(exc).__name__])[0]
+        hub = f"the hub {HUB_REPO} ({why})"
         raise VocabularyError(
-            f"Could not find the {version} {kind} dictionary {name!r}. Searched: "
-            f"{', '.join(searched) or '(no folder)'}; the hub download from {HUB_REPO} failed: {exc}. "
-            "Set GENEFORMER_DICTS_DIR to a folder holding the published dictionaries, or pass the file path."
+            f"No {version} {kind} dictionary {name!r}: looked in {', '.join(searched)} and {hub}. " + LOCAL_DICTS_HINT
         ) from exc
 
 
-def _download_from_hub(version: str, name: str) -> Path:
+#: How to point at local dictionaries, in every front end's spelling (the end of the not-found message).
+LOCAL_DICTS_HINT = ("Point at local ones: set GENEFORMER_DICTS_DIR to a folder holding the published .pkl "
+                    "dictionaries (Python: geneformer.settings.dicts_dir), or give a vocabulary folder "
+                    "(vocab=FOLDER in Python, --vocab FOLDER for tokenize/embed/pretrain).")
+
+
+def _download_from_hub(version: str, name: str, local_only: bool = False) -> Path:
     import shutil
 
     from huggingface_hub import hf_hub_download
 
     remote = hf_hub_download(repo_id=HUB_REPO, filename=f"{HUB_SUBFOLDERS[version]}/{name}",
-                             local_files_only=hub_offline())
+                             local_files_only=local_only)
     target = settings.cache_dir / "dicts" / version / name
     with atomic_path(target) as tmp:
         shutil.copyfile(remote, tmp)
