@@ -10,9 +10,11 @@ not counts, reserved names and out-of-range numbers.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,8 +162,8 @@ CASES = [
     ("tok-vocab-missing", "tokenize {d}/cells.h5ad -o {d}/out --vocab {d}/novocab", ["novocab"]),
     ("tok-vocab-garbage", "tokenize {d}/cells.h5ad -o {d}/out --vocab {d}/badvocab", ["badvocab"]),
     ("tok-nproc-0", "tokenize {d}/cells.h5ad -o {d}/out --nproc 0", ["nproc"]),
-    ("tok-chunk-0", "tokenize {d}/cells.h5ad -o {d}/out --chunk-size 0", ["chunk_size"]),
-    ("tok-chunk-negative", "tokenize {d}/cells.h5ad -o {d}/out --chunk-size -4", ["chunk_size"]),
+    ("tok-chunk-0", "tokenize {d}/cells.h5ad -o {d}/out --chunk-size 0", ["--chunk-size"]),
+    ("tok-chunk-negative", "tokenize {d}/cells.h5ad -o {d}/out --chunk-size -4", ["--chunk-size"]),
     ("tok-existing", "tokenize {d}/cells.h5ad -o {d}/tok", ["cells.dataset", "--overwrite"]),
     ("tok-layer", "tokenize {d}/cells.h5ad -o {d}/out --layer nope", ["nope"]),
     ("tok-gene-column", "tokenize {d}/cells.h5ad -o {d}/out --gene-id-column nope", ["nope"]),
@@ -181,7 +183,7 @@ CASES = [
     ("bv-digests-truncated", "build-vocab {d}/trunc.npz -o {d}/vout", ["trunc.npz"]),
     ("bv-digests-garbage", "build-vocab {d}/garbage.npz -o {d}/vout", ["garbage.npz"]),
     ("bv-nproc-0", "build-vocab {d}/cells.h5ad -o {d}/vout --nproc 0", ["nproc"]),
-    ("bv-chunk-0", "build-vocab {d}/cells.h5ad -o {d}/vout --chunk-size 0", ["chunk_size"]),
+    ("bv-chunk-0", "build-vocab {d}/cells.h5ad -o {d}/vout --chunk-size 0", ["--chunk-size"]),
     ("bv-gene-type", "build-vocab {d}/cells.h5ad -o {d}/vout --gene-type protein_coding", ["gene_type"]),
     # ---- embed ----
     ("emb-missing", "embed {d}/missing.dataset -m {m1} -o {d}/e.csv", ["missing.dataset"]),
@@ -196,7 +198,7 @@ CASES = [
     ("emb-max-ncells-negative", "embed {d}/v1.dataset -m {m1} -o {d}/e.csv --max-ncells -5", ["--max-ncells"]),
     ("emb-max-ncells-0", "embed {d}/v1.dataset -m {m1} -o {d}/e.csv --max-ncells 0", ["--max-ncells"]),
     ("emb-batch-0", "embed {d}/v1.dataset -m {m1} -o {d}/e.csv --batch-size 0", ["--batch-size"]),
-    ("emb-layer", "embed {d}/v1.dataset -m {m1} -o {d}/e.csv --emb-layer 7", ["emb_layer"]),
+    ("emb-layer", "embed {d}/v1.dataset -m {m1} -o {d}/e.csv --emb-layer 7", ["--emb-layer"]),
     ("emb-mode", "embed {d}/v1.dataset -m {m1} -o {d}/e.csv --mode nope", ["nope"]),
     ("emb-label", "embed {d}/v1.dataset -m {m1} -o {d}/e.csv --label nope", ["nope"]),
     ("emb-existing", "embed {d}/v1.dataset -m {m1} -o {d}/existing.csv", ["existing.csv", "--overwrite"]),
@@ -228,8 +230,8 @@ CASES = [
      ["V2 vocabulary"]),
     ("pt-type", "perturb {d}/v1.dataset -m {m1} -o {d}/isp --prefix p --type nope", ["nope"]),
     ("pt-gene", "perturb {d}/v1.dataset -m {m1} -o {d}/isp --prefix p -g NOTAGENE", ["NOTAGENE"]),
-    ("pt-layer", "perturb {d}/v1.dataset -m {m1} -o {d}/isp --prefix p --emb-layer 9", ["emb_layer"]),
-    ("pt-max-ncells", "perturb {d}/v1.dataset -m {m1} -o {d}/isp --prefix p --max-ncells -1", ["max_ncells"]),
+    ("pt-layer", "perturb {d}/v1.dataset -m {m1} -o {d}/isp --prefix p --emb-layer 9", ["--emb-layer"]),
+    ("pt-max-ncells", "perturb {d}/v1.dataset -m {m1} -o {d}/isp --prefix p --max-ncells -1", ["--max-ncells"]),
     ("pt-rank-shift", "perturb {d}/v1.dataset -m {m1} -o {d}/isp --prefix p --type inhibit --rank-shift 7",
      ["rank_shift"]),
     ("pt-combos", "perturb {d}/v1.dataset -m {m1} -o {d}/isp --prefix p --combos 3", ["combos"]),
@@ -323,7 +325,15 @@ def runner():
     from geneformer.cli.main import app
 
     r = CliRunner()
-    return lambda args: r.invoke(app, args, env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+
+    def invoke(args):
+        # transformers' own handler keeps the stream it was created with: a closed, earlier capture
+        for h in logging.getLogger("transformers").handlers:
+            if type(h) is logging.StreamHandler:  # its own default handler, not a capture
+                h.stream = sys.__stderr__  # not setStream: it flushes the closed one
+        return r.invoke(app, args, env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+
+    return invoke
 
 
 def test_the_catalogue_is_large():

@@ -39,7 +39,7 @@ def _embs(df):
 
 
 def _read(path):
-    return pd.read_csv(path, index_col=0) if str(path).endswith(".csv") else pd.read_parquet(path)
+    return pd.read_csv(path) if str(path).endswith(".csv") else pd.read_parquet(path)
 
 
 def _same_table(a, b):
@@ -61,8 +61,8 @@ def test_chunked_outputs_equal_the_in_memory_embeddings(model, cells, tmp_path):
     assert list(pq.columns) == [str(i) for i in range(H)] + ["cell_type"]
     np.testing.assert_allclose(_embs(pq), embs, atol=1e-6)
     assert pq["cell_type"].tolist() == list(cells["cell_type"])
-    csv = pd.read_csv(tmp_path / "e.csv", index_col=0)
-    assert csv.index.tolist() == list(range(30)) and csv["cell_type"].tolist() == list(cells["cell_type"])
+    csv = pd.read_csv(tmp_path / "e.csv")  # named columns only: no unnamed index column
+    assert csv["cell_type"].tolist() == list(cells["cell_type"])
     np.testing.assert_allclose(_embs(csv), embs, atol=1e-6)
     h5 = ad.read_h5ad(tmp_path / "e.h5ad")
     np.testing.assert_allclose(h5.obsm["X_geneformer"], embs, atol=1e-6)
@@ -71,8 +71,8 @@ def test_chunked_outputs_equal_the_in_memory_embeddings(model, cells, tmp_path):
     np.testing.assert_allclose(torch.load(tmp_path / "e.pt").numpy(), embs, atol=1e-6)
     assert not (tmp_path / "e.parquet.shards").exists()  # the chunks are gone once the output is written
     ref_csv = tmp_path / "ref.csv"
-    ref.to_csv(ref_csv)
-    assert pd.read_csv(ref_csv, index_col=0).columns.tolist() == csv.columns.tolist()
+    ref.to_csv(ref_csv, index=False)
+    assert pd.read_csv(ref_csv).columns.tolist() == csv.columns.tolist()
 
 
 def test_embeddings_go_into_the_source_anndata(model, cells, tmp_path):
@@ -113,7 +113,7 @@ def test_gene_mode_shards_merge_to_the_single_run(model, cells, tmp_path):
     for i in range(3):
         embed_to_file(model, cells, tmp_path / "gs.csv", mode="gene", chunk_rows=5, shard=(i, 3), progress=False)
     merge(tmp_path / "gs.csv")
-    a, b = pd.read_csv(single, index_col=0), pd.read_csv(tmp_path / "gs.csv", index_col=0)
+    a, b = (pd.read_csv(p, index_col="ensembl_id").drop(columns="symbol") for p in (single, tmp_path / "gs.csv"))
     assert a.index.tolist() == b.index.tolist() and a.index[0].startswith("ENSG")
     np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), atol=1e-6)
     direct = gene_embeddings(model, cells, progress=False).to_frame(None, model)

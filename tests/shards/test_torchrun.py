@@ -114,7 +114,7 @@ def test_cli_shards_merge_to_the_single_run(golden_dir, dataset, tmp_path):
     for i in range(2):
         _cli(embed, ["embed", *args, "--output", str(tmp_path / "two.csv"), "--shard", f"{i}/2"])
     merge(tmp_path / "two.csv")
-    one, two = pd.read_csv(tmp_path / "one.csv", index_col=0), pd.read_csv(tmp_path / "two.csv", index_col=0)
+    one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
     assert one["cell_type"].tolist() == two["cell_type"].tolist()
     np.testing.assert_allclose(one.iloc[:, :64].to_numpy(), two.iloc[:, :64].to_numpy(), atol=1e-6)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -553,7 +554,8 @@ def test_cli_head_early_stopping_and_epoch_summary(pbmc, tiny_v1, tmp_path):
                                    "--output", str(out), "--head", "mean", "--epochs", "4", "--early-stopping", "1",
                                    "--lr", "0", "--batch-size", "16", "--seed", "0"])
     assert res.exit_code == 0, res.output
-    lines = [x for x in res.output.splitlines() if x.startswith("epoch ")]
+    # each summary line follows the bars' cursor codes on the same terminal line
+    lines = [x[x.index("epoch "):] for x in res.output.splitlines() if re.search(r"epoch \d", x)]
     assert len(lines) == 2 and "train loss" in lines[0] and "macro-F1" in lines[0] and "validation loss" in lines[0]
     state = json.loads((out / "model" / "trainer_state.json").read_text())
     assert max(h["epoch"] for h in state["log_history"]) == pytest.approx(2.0)

@@ -60,6 +60,35 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v",
     _configure_console(verbose)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (not the stream of the first
+    call: a redirected or captured stderr, as in typer's test runner, may be closed by then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    @property
+    def stream(self):  # noqa: D102
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+def _log_to_stderr(level: int) -> None:
+    """One root handler of ours (a second command in one process replaces the first's)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _CurrentStderr)]:
+        root.removeHandler(h)
+    if not root.handlers:
+        root.addHandler(_CurrentStderr())
+    root.setLevel(level)
+
+
 def _configure_console(verbose: bool) -> None:
     """Our messages at INFO (DEBUG with -v); other libraries' at WARNING (INFO with -v)."""
     import os
@@ -69,8 +98,7 @@ def _configure_console(verbose: bool) -> None:
     if not verbose:  # read when datasets is imported: its Map/Filter/Saving bars are not ours
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     # records of the geneformer logger reach the root handler whatever the root level
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _log_to_stderr(logging.INFO if verbose else logging.WARNING)
     settings.verbosity = "debug" if verbose else "info"  # "debug" also lets transformers' own output through
 
 
@@ -88,7 +116,7 @@ def run_command(register: "Callable[[typer.Typer], None]") -> None:
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     register(single)
     guard_commands(single)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_console(False)
     single()
 
 

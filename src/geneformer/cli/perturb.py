@@ -70,23 +70,17 @@ def perturb_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    from .._utils import InputError, ModelLoadError, VocabularyError
     from ..perturb import perturb
 
     chosen = "all" if not genes or [g.lower() for g in genes] == ["all"] else list(genes)
-    try:
-        path = perturb(
-            dataset, model, chosen, perturb_type, emb_mode=emb_mode, rank_shift=rank_shift,
-            combos=combos, anchor_gene=anchor, state_key=state_key, start_state=start_state, goal_state=goal_state,
-            alt_states=list(alt_state), state_embs=state_embs, max_ncells=max_ncells, emb_layer=emb_layer,
-            model_version=model_version, batch_size=batch_size, device=device, dtype=dtype, output_dir=output,
-            prefix=prefix, gene_names=gene_names, return_frame=False, progress=not quiet, resume=not no_resume,
-            shard=shard,
-        )
-    except (ValueError, KeyError, FileNotFoundError, InputError, ModelLoadError, VocabularyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+    path = perturb(
+        dataset, model, chosen, perturb_type, emb_mode=emb_mode, rank_shift=rank_shift,
+        combos=combos, anchor_gene=anchor, state_key=state_key, start_state=start_state, goal_state=goal_state,
+        alt_states=list(alt_state), state_embs=state_embs, max_ncells=max_ncells, emb_layer=emb_layer,
+        model_version=model_version, batch_size=batch_size, device=device, dtype=dtype, output_dir=output,
+        prefix=prefix, gene_names=gene_names, return_frame=False, progress=not quiet, resume=not no_resume,
+        shard=shard,
+    )
     if path is not None:  # None: another rank's process, or a shard (the log says how to merge)
         typer.echo(f"Wrote {path}")
 

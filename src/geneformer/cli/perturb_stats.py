@@ -43,7 +43,7 @@ def perturb_stats(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUTPUT/PREFIX.csv."),
 ) -> None:
     """Compute perturbation statistics (in silico perturber stats) and write them as a CSV."""
-    from .._utils import VocabularyError, refuse_existing
+    from .._utils import refuse_existing
     from ..perturb import perturbation_stats, stats_spec
 
     refuse_existing(output / f"{prefix}.csv", overwrite)
@@ -52,13 +52,9 @@ def perturb_stats(
     if any(v is not None for v in (state_key, start_state, goal_state)) or alt_state:
         states = {"state_key": state_key, "start_state": start_state, "goal_state": goal_state,
                   "alt_states": list(alt_state)}
-    try:
-        spec = stats_spec(mode, list(genes) if genes else "all", combos=combos, anchor_gene=anchor,
-                          cell_states_to_model=states, pickle_suffix=pickle_suffix, vocab=model_version)
-        df = perturbation_stats(input_dir, output, prefix, spec, null_dir=null)
-    except (VocabularyError, FileNotFoundError, ValueError, KeyError, OSError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+    spec = stats_spec(mode, list(genes) if genes else "all", combos=combos, anchor_gene=anchor,
+                      cell_states_to_model=states, pickle_suffix=pickle_suffix, vocab=model_version)
+    df = perturbation_stats(input_dir, output, prefix, spec, null_dir=null)
     typer.echo(f"Wrote {len(df)} rows to {output / (prefix + '.csv')}")
 
 

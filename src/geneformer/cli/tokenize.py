@@ -71,7 +71,7 @@ def tokenize(
     soma = {"measurement": measurement, "value_filter": obs_filter, "var_id_column": var_id_column}
     ds = tokenize_files(
         list(inputs), out, v, file_format=file_format, overwrite=overwrite,
-        custom_attr_name_dict=_parse_attrs(attr), nproc=nproc or usable_cpus(), chunk_size=chunk_size,
+        custom_attr_name_dict=_parse_attrs(attr), nproc=usable_cpus() if nproc is None else nproc, chunk_size=chunk_size,
         gene_id_column=gene_id_column, gene_symbol_column=gene_symbol_column, layer=layer, shard=shard,
         progress=False if quiet else None,
         reader_options={k: val for k, val in soma.items() if val is not None},

@@ -169,10 +169,15 @@ def embed_to_file(
     costs = [attention_cost(lengths[a:b]).sum() for a, b in chunks]
     mine = assign_balanced(costs, world)[this_rank].tolist() if chunks else []
     t0 = time.perf_counter()
-    if mode == "gene":
-        _gene_chunks(model, ds, chunks, mine, _genes_path(work, this_rank, world), kw, progress)
-    else:
-        _cell_chunks(model, ds, chunks, mine, work, mode, labels, meta["fresh_adata"] or fmt != "h5ad", kw, progress)
+    try:
+        if mode == "gene":
+            _gene_chunks(model, ds, chunks, mine, _genes_path(work, this_rank, world), kw, progress)
+        else:
+            _cell_chunks(model, ds, chunks, mine, work, mode, labels, meta["fresh_adata"] or fmt != "h5ad", kw,
+                         progress)
+    except BaseException:
+        _drop_if_unstarted(work, output, this_rank)  # bad input found in the first batch leaves no trace
+        raise
     logger.info("rank %d embedded %d chunk(s) in %.1f s", this_rank, len(mine), time.perf_counter() - t0)
     if world > 1:
         barrier()
@@ -231,6 +236,13 @@ def _open_work(work: Path, fp: str, resume: bool, this_rank: int) -> None:
     work.mkdir(parents=True, exist_ok=True)
     if this_rank == 0:
         write_json(run_file, {"fingerprint": fp})
+
+
+def _drop_if_unstarted(work: Path, output: str | os.PathLike, this_rank: int) -> None:
+    """Remove a part folder that holds no finished chunk yet (nothing to resume)."""
+    if this_rank == 0 and work.is_dir() and {p.name for p in work.iterdir()} <= {_RUN_FILE}:
+        shutil.rmtree(work, ignore_errors=True)
+        _remove_if_empty(shards_dir(output))
 
 
 def _chunk_path(work: Path, k: int) -> Path:

@@ -75,6 +75,6 @@ __all__ = [
     "vocab_version_for_size", "write_finetune_meta",
     "CellModelConfig", "EncoderWithHead", "GeneformerCellModel", "MultiTaskConfig", "build_head", "head_loss",
     "load_encoder", "PooledSequenceClassifier", "cell_pooling_of",
-    "load_encoder", "encoder_flops", "Packing", "attention_backend", "make_packing", "pack", "packed_layer_forward", "unpack",
+    "encoder_flops", "Packing", "attention_backend", "make_packing", "pack", "packed_layer_forward", "unpack",
     "varlen_attention",
 ]
