@@ -306,6 +306,11 @@ CASES = [
     ("cd-missing", "convert-dict {d}/missing.pkl", ["missing.pkl"]),
     ("cd-existing", "convert-dict {d}/dict.pkl -o {d}/existing.json", ["existing.json", "--overwrite"]),
     ("models-option", "models --nope", ["--nope"]),
+    # ---- shards and merge ----
+    ("merge-nothing", "merge {d}/never.dataset", ["never.dataset", "--shard"]),
+    ("merge-existing", "merge {d}/v1.dataset", ["v1.dataset", "--overwrite"]),
+    ("tok-shard-index", "tokenize {d}/cells.h5ad -o {d}/out --shard 4/4", ["--shard", "0..3"]),
+    ("emb-shard-form", "embed {d}/v1.dataset -m {m1} -o {d}/s.csv --shard x", ["--shard", "I/N"]),
 ]
 
 
@@ -340,7 +345,7 @@ def test_the_catalogue_is_large():
     assert len(CASES) >= 120 and len({c[0] for c in CASES}) == len(CASES)
     commands = {c[1].split()[0] for c in CASES}
     assert commands == {"tokenize", "build-vocab", "embed", "perturb", "perturb-stats", "pretrain", "finetune",
-                        "predict", "convert-dict", "models"}
+                        "predict", "convert-dict", "models", "merge"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -373,9 +373,11 @@ def test_cli_perturb_stats(golden_dir, tmp_path):
     from typer.testing import CliRunner
 
     from geneformer.cli import perturb_stats
+    from geneformer.cli.main import guard_commands
 
     app = typer.Typer()
     perturb_stats.register(app)
+    guard_commands(app)  # as the real app does: input errors end with exit 2
 
     @app.callback()
     def _root():  # a group, so the command keeps its name as with the real app
