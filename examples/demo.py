@@ -178,9 +178,9 @@ def goal_state_perturbation(dataset, model_dir: str, vocab, vocab_dir: Path | No
     """Step 7: delete each gene of a few CD8+ T cells; which deletions move them toward NK cells?"""
     import torch
 
+    from geneformer import InSilicoPerturberStats, settings
     from geneformer.embeddings import cell_embeddings
     from geneformer.models import load_model
-    from geneformer import InSilicoPerturberStats
     from geneformer.perturb import perturb
 
     t = time.perf_counter()
@@ -200,7 +200,8 @@ def goal_state_perturbation(dataset, model_dir: str, vocab, vocab_dir: Path | No
         files["gene_name_id_dictionary_file"] = vocab_dir / "gene_name_id_dict.json"
     stats = InSilicoPerturberStats(mode="goal_state_shift", cell_states_to_model=states, model_version=version,
                                    **files)
-    table = stats.get_stats(isp_dir, None, output, "goal_state_shift")
+    with settings.override(progress=False):  # the demo prints one line per step instead of bars
+        table = stats.get_stats(isp_dir, None, output, "goal_state_shift")
     text, info = summarize_goal_shifts(table)
     print(f"[7/8] Deleted each gene of {n_cells} {START_STATE} cells in silico ({len(df)} results, "
           f"{time.perf_counter() - t:.0f}s). {text} Statistics in {output / 'goal_state_shift.csv'}.")
