@@ -483,9 +483,11 @@ def test_cli(cells_dir, tmp_path):
     from typer.testing import CliRunner
 
     from geneformer.cli import pretrain as cli_pretrain
+    from geneformer.cli.main import guard_commands
 
     app = typer.Typer()
     cli_pretrain.register(app)
+    guard_commands(app)  # as the real app does: input errors end with exit 2
 
     @app.command("noop")
     def _noop() -> None:  # a second command keeps "pretrain" a sub-command

@@ -65,9 +65,6 @@ class Shard:
         return self.count == 1
 
 
-ShardLike = "Shard | str | tuple[int, int] | Sequence[int] | None"
-
-
 def parse_shard(value: Any) -> Shard | None:
     """``"I/N"``, ``(i, n)`` or a :class:`Shard` as a :class:`Shard`; None stays None."""
     if value is None or isinstance(value, Shard):

@@ -60,6 +60,7 @@ def pretrain_command(
 ) -> None:
     """Pretrain a Geneformer by masked-gene modelling, or continue training a checkpoint."""
     from ..train import pretrain
+    from ._errors import fail
 
     try:
         result = pretrain(
@@ -86,9 +87,8 @@ def pretrain_command(
             fused_attention_dropout=fused_attention_dropout,
             overwrite=overwrite,
         )
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
-        typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+    except TypeError as exc:  # a config or argument of the wrong kind; the guard takes the rest
+        fail(exc)
     typer.echo(f"Trained {result.global_step} steps; model written to {result.model_dir}")
     for key in ("eval_masked_accuracy", "eval_masked_gene_loss"):
         if key in result.eval_metrics:
@@ -102,11 +102,9 @@ def register(app: typer.Typer) -> None:
 
 def main() -> None:
     """Run ``pretrain`` alone (for torchrun / accelerate launch)."""
-    from ._errors import guarded
+    from .main import run_command
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command(help=HELP, epilog=EXAMPLES, no_args_is_help=True)(guarded(pretrain_command))
-    app()
+    run_command(register)
 
 
 if __name__ == "__main__":
